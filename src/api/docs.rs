@@ -1,0 +1,93 @@
+//! The OpenAPI 3 document at `/api/v1/openapi.json`, generated from the handlers' annotations.
+
+use axum::routing::get;
+use axum::Router;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use crate::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/openapi.json", get(openapi_json))
+}
+
+async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}
+
+/// A message as served (docs only; built by `model::Message::to_json`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct MessageDoc {
+    id: String,
+    conversation_id: String,
+    sender: crate::model::Sender,
+    /// `text`, `markdown`, `link`, `actionCard` or `feedCard`; the object of that name holds the content.
+    msgtype: String,
+    text: Option<crate::model::Text>,
+    markdown: Option<crate::model::Markdown>,
+    link: Option<crate::model::Link>,
+    #[schema(rename = "actionCard")]
+    action_card: Option<crate::model::ActionCard>,
+    #[schema(rename = "feedCard")]
+    feed_card: Option<crate::model::FeedCard>,
+    at: Option<crate::model::At>,
+    thread_key: Option<String>,
+    /// Present and true once recalled; the content is then withheld.
+    recalled: Option<bool>,
+    created_at: String,
+}
+
+/// One event of a member's stream (docs only; built by `model::Event::to_json`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct EventDoc {
+    pts: i64,
+    /// message.created, message.updated, message.recalled, member.joined, member.left,
+    /// conversation.created
+    #[schema(rename = "type")]
+    kind: String,
+    conversation_id: String,
+    message_id: Option<String>,
+    message: Option<MessageDoc>,
+    /// member.joined / member.left: who.
+    user_ids: Option<Vec<String>>,
+    /// member.left: `left`, `removed` or `deactivated`.
+    reason: Option<String>,
+    created_at: String,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "herald", description = "Chatbot integration gateway API"),
+    paths(
+        super::users::create_user, super::users::create_users, super::users::list_users,
+        super::users::get_user, super::users::mint_token, super::users::deactivate_user,
+        super::conversations::create_conversation, super::conversations::list_conversations,
+        super::conversations::get_conversation, super::conversations::list_members,
+        super::conversations::add_members, super::conversations::remove_member,
+        super::messages::post_message, super::messages::get_message,
+        super::messages::recall_message, super::messages::update_message,
+        super::live::sync_events, super::live::stream, super::live::websocket,
+    ),
+    components(schemas(crate::error::ErrorBody, MessageDoc, EventDoc)),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}

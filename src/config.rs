@@ -1,0 +1,192 @@
+//! Configuration: embedded defaults, then an optional TOML file, then flags and `HERALD_*`
+//! variables. Validated once at load so the rest of herald can trust every value.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// The commented defaults; `README.md` documents the same keys.
+pub const DEFAULTS: &str = include_str!("config.default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+    pub fanout: FanoutConfig,
+    pub limits: LimitsConfig,
+    pub stream: StreamConfig,
+    pub sqlite: SqliteConfig,
+    pub postgres: PostgresConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub max_body_bytes: usize,
+    pub max_message_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub token_ttl_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FanoutConfig {
+    pub lanes: u32,
+    pub chunk_size: u32,
+    pub parallel_chunks: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub group_messages_per_minute: u32,
+    pub tighten_above_members: u32,
+    pub min_group_messages_per_minute: u32,
+    pub max_group_members: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    pub max_lag_events: i64,
+    pub keepalive_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    Full,
+    Normal,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteConfig {
+    pub synchronous: Synchronous,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    pub max_connections: u32,
+}
+
+/// Values given on the command line or in `HERALD_*` variables; they win over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then `overrides`, and validates the result.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
+        let mut merged: toml::Table = toml::from_str(DEFAULTS).context("embedded defaults")?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            let table: toml::Table =
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            merge(&mut merged, table);
+        }
+        let mut config: Config = toml::Value::Table(merged)
+            .try_into()
+            .context("invalid configuration")?;
+        if let Some(listen) = overrides.listen {
+            config.listen = listen;
+        }
+        if let Some(dir) = &overrides.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if let Some(url) = &overrides.database_url {
+            config.database_url = url.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The defaults alone, for tests and benchmarks that tweak a field or two.
+    pub fn defaults() -> Config {
+        Config::load(None, &Overrides::default()).expect("embedded defaults are valid")
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if !(self.database_url.is_empty()
+            || self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://"))
+        {
+            bail!("database_url must be empty (embedded SQLite) or a postgres:// URL");
+        }
+        if self.fanout.lanes == 0 || self.fanout.lanes > 64 {
+            bail!("fanout.lanes must be between 1 and 64");
+        }
+        if self.fanout.chunk_size < 100 {
+            bail!("fanout.chunk_size must be at least 100");
+        }
+        if self.fanout.parallel_chunks == 0 {
+            bail!("fanout.parallel_chunks must be at least 1");
+        }
+        if self.limits.min_group_messages_per_minute == 0 {
+            bail!("limits.min_group_messages_per_minute must be at least 1");
+        }
+        if self.http.max_message_bytes > self.http.max_body_bytes {
+            bail!("http.max_message_bytes cannot exceed http.max_body_bytes");
+        }
+        if self.stream.max_lag_events < 1 {
+            bail!("stream.max_lag_events must be positive");
+        }
+        Ok(())
+    }
+
+    /// True when the store is PostgreSQL rather than the embedded SQLite file.
+    pub fn uses_postgres(&self) -> bool {
+        !self.database_url.is_empty()
+    }
+}
+
+/// Deep-merges `over` into `base`: tables merge key by key, anything else replaces.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let c = Config::defaults();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert!(!c.uses_postgres());
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_unknown_keys_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.toml");
+        std::fs::write(&path, "[fanout]\nlanes = 2\n").unwrap();
+        let c = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(c.fanout.lanes, 2);
+        assert_eq!(c.fanout.chunk_size, 5000);
+        std::fs::write(&path, "[fanout]\nlanez = 2\n").unwrap();
+        assert!(Config::load(Some(&path), &Overrides::default()).is_err());
+    }
+}

@@ -1,0 +1,117 @@
+//! The hub wakes live connections; it never carries events. Inbox rows are the truth and every
+//! connection reads them after its own cursor, so a lost wake-up costs latency, not data.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use crate::ids::UserId;
+
+/// One live connection's doorbell.
+#[derive(Default)]
+pub struct Listener {
+    pub notify: Notify,
+    kicked: AtomicBool,
+}
+
+impl Listener {
+    /// True once the user lost access (deactivated): the connection must end.
+    pub fn is_kicked(&self) -> bool {
+        self.kicked.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Default)]
+pub struct Hub {
+    listeners: Mutex<HashMap<UserId, Vec<Arc<Listener>>>>,
+    count: AtomicUsize,
+}
+
+/// Keeps a listener registered while a connection lives.
+pub struct Subscription {
+    hub: Arc<Hub>,
+    user: UserId,
+    pub listener: Arc<Listener>,
+}
+
+impl Hub {
+    pub fn subscribe(self: &Arc<Self>, user: UserId) -> Subscription {
+        let listener = Arc::new(Listener::default());
+        self.lock().entry(user).or_default().push(listener.clone());
+        self.count.fetch_add(1, Ordering::Relaxed);
+        Subscription {
+            hub: self.clone(),
+            user,
+            listener,
+        }
+    }
+
+    /// Rings every connection of these users.
+    pub fn wake(&self, users: &[UserId]) {
+        if !self.has_listeners() {
+            return;
+        }
+        let map = self.lock();
+        for user in users {
+            if let Some(list) = map.get(user) {
+                for listener in list {
+                    listener.notify.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Ends every connection of a user who lost access.
+    pub fn kick(&self, user: UserId) {
+        if let Some(list) = self.lock().get(&user) {
+            for listener in list {
+                listener.kicked.store(true, Ordering::Release);
+                listener.notify.notify_one();
+            }
+        }
+    }
+
+    /// Whether anyone is connected; fanout skips collecting recipients when nobody is.
+    pub fn has_listeners(&self) -> bool {
+        self.count.load(Ordering::Relaxed) > 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, Vec<Arc<Listener>>>> {
+        self.listeners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut map = self.hub.lock();
+        if let Some(list) = map.get_mut(&self.user) {
+            list.retain(|l| !Arc::ptr_eq(l, &self.listener));
+            if list.is_empty() {
+                map.remove(&self.user);
+            }
+        }
+        self.hub.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_wake_before_waiting_is_not_lost() {
+        let hub = Arc::new(Hub::default());
+        let sub = hub.subscribe(UserId(1));
+        hub.wake(&[UserId(1)]);
+        tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            sub.listener.notify.notified(),
+        )
+        .await
+        .expect("the stored permit wakes the listener");
+        drop(sub);
+        assert!(!hub.has_listeners());
+    }
+}

@@ -1,0 +1,114 @@
+//! herald: a chatbot integration gateway. Webhooks and API calls become group messages that
+//! are fanned out to every member's inbox and pushed to live connections.
+//!
+//! The data path, one module per stage:
+//!
+//! 1. **ingress** (`api`): HTTP handlers. Authenticate (`auth`), check the schema, size and
+//!    membership, apply per-group flow control (`ratelimit`), then
+//! 2. **queue** (`queue`): commit a task row to the durable queue and answer at once.
+//! 3. **fanout** (`fanout`): lane workers claim tasks in order per conversation and write one
+//!    inbox row per member, each with the member's next pts, in the same transaction.
+//! 4. **hub** (`hub`): after each commit, wake the members' live connections.
+//! 5. **sync** (`sync`): `/sync`, SSE and WebSocket read the inbox after the client's cursor,
+//!    so a reconnect with the last pts gets exactly what it missed.
+//!
+//! Storage (`store`) is one trait with a SQLite and a PostgreSQL implementation.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod fanout;
+pub mod hub;
+pub mod ids;
+pub mod model;
+pub mod queue;
+pub mod ratelimit;
+pub mod store;
+pub mod sync;
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::store::Store;
+
+/// Everything a handler or worker needs, shared by reference.
+pub struct Shared {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub hub: Arc<hub::Hub>,
+    pub lanes: Arc<queue::Lanes>,
+    pub keys: auth::Keys,
+    pub ids: ids::IdGenerator,
+    pub limiter: ratelimit::GroupLimiter,
+    /// Cancelled on shutdown: live streams end so the server can drain.
+    pub shutdown: CancellationToken,
+}
+
+/// The axum state: a cheap handle to `Shared`.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+impl Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        signing_key: &[u8],
+        shutdown: CancellationToken,
+    ) -> AppState {
+        AppState(Arc::new(Shared {
+            keys: auth::Keys::new(signing_key, config.auth.token_ttl_seconds),
+            lanes: queue::Lanes::new(config.fanout.lanes),
+            limiter: ratelimit::GroupLimiter::new(config.limits.clone()),
+            hub: Arc::new(hub::Hub::default()),
+            ids: ids::IdGenerator::new(),
+            store,
+            config,
+            shutdown,
+        }))
+    }
+}
+
+/// Opens the store named by the config, creating the default org on first start.
+pub async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, store::Bootstrap)> {
+    let store = store::open(config).await?;
+    let boot = store.bootstrap().await?;
+    Ok((store, boot))
+}
+
+/// Serves the API on `listener` and runs the fanout workers until `shutdown` is cancelled,
+/// then drains: the HTTP server stops accepting, workers finish the task in hand.
+/// `main` and the benchmarks both call this.
+pub async fn run(
+    config: Config,
+    store: Arc<dyn Store>,
+    signing_key: &[u8],
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let app = AppState::new(config, store, signing_key, shutdown.clone());
+    let workers: Vec<_> = (0..app.lanes.count())
+        .map(|lane| tokio::spawn(queue::worker_loop(app.clone(), lane, shutdown.clone())))
+        .collect();
+    let router = api::router(app.clone());
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await?;
+    for worker in workers {
+        let _ = worker.await;
+    }
+    Ok(())
+}

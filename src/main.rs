@@ -1,0 +1,183 @@
+//! The `herald` binary: `serve`, `token issue`, `org create`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use herald::config::{Config, Overrides};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "Chatbot integration gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server and the fanout workers.
+    Serve {
+        /// Address to listen on [default: 127.0.0.1:8080].
+        #[arg(long, env = "HERALD_LISTEN")]
+        listen: Option<SocketAddr>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Bearer tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Organizations.
+    Org {
+        #[command(subcommand)]
+        command: OrgCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a bearer token for a user on stdout.
+    Issue {
+        /// Org name or id.
+        #[arg(long, default_value = "default")]
+        org: String,
+        /// User name or id.
+        #[arg(long, default_value = "admin")]
+        user: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum OrgCommand {
+    /// Create an org with an admin user named `admin`; prints its ids as JSON.
+    Create {
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// Where the store is; shared by every subcommand.
+#[derive(Args, Clone)]
+struct StoreArgs {
+    /// Directory of the embedded SQLite store [default: ./herald-data].
+    #[arg(long, env = "HERALD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// postgres://… to use PostgreSQL instead of SQLite.
+    #[arg(long, env = "HERALD_DATABASE_URL")]
+    database_url: Option<String>,
+    /// A TOML config file (see README, Configuration).
+    #[arg(long, env = "HERALD_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn load(&self, listen: Option<SocketAddr>) -> anyhow::Result<Config> {
+        let overrides = Overrides {
+            listen,
+            data_dir: self.data_dir.clone(),
+            database_url: self.database_url.clone().filter(|u| !u.is_empty()),
+        };
+        Config::load(self.config.as_deref(), &overrides)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
+                .unwrap_or_else(|_| "herald=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Serve { listen, store } => serve(store.load(listen)?).await,
+            Command::Token {
+                command: TokenCommand::Issue { org, user, store },
+            } => issue_token(store.load(None)?, &org, &user).await,
+            Command::Org {
+                command: OrgCommand::Create { name, store },
+            } => create_org(store.load(None)?, &name).await,
+        }
+    })
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let _lock = if config.uses_postgres() {
+        None
+    } else {
+        Some(lock_data_dir(&config)?)
+    };
+    let (store, boot) = herald::open_store(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let backend = if config.uses_postgres() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    println!("herald listening on http://{addr} ({backend})");
+    tracing::info!(%addr, backend, "herald started");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    herald::run(config, store, &boot.signing_key, listener, shutdown).await
+}
+
+/// One server per SQLite file: a second `serve` on the same data dir fails fast.
+fn lock_data_dir(config: &Config) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let path = config.data_dir.join("herald.lock");
+    let file = std::fs::File::create(&path)?;
+    file.try_lock().map_err(|_| {
+        anyhow::anyhow!(
+            "another herald is serving {}; one server per data dir",
+            config.data_dir.display()
+        )
+    })?;
+    Ok(file)
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}
+
+async fn issue_token(config: Config, org: &str, user: &str) -> anyhow::Result<()> {
+    let (store, boot) = herald::open_store(&config).await?;
+    let org = store.find_org(org).await.context("finding the org")?;
+    let user = store
+        .find_user(org.id, user)
+        .await
+        .context("finding the user")?;
+    anyhow::ensure!(user.active, "user {} is deactivated", user.id);
+    let keys = herald::auth::Keys::new(&boot.signing_key, config.auth.token_ttl_seconds);
+    println!("{}", keys.issue(&user)?.token);
+    Ok(())
+}
+
+async fn create_org(config: Config, name: &str) -> anyhow::Result<()> {
+    let (store, _) = herald::open_store(&config).await?;
+    let (org, admin) = store.create_org(name).await?;
+    println!(
+        "{}",
+        serde_json::json!({"org_id": org.id, "name": org.name, "admin_user_id": admin.id})
+    );
+    Ok(())
+}

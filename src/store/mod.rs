@@ -1,0 +1,312 @@
+//! Storage: one `Store` trait, implemented for the embedded SQLite file and for PostgreSQL.
+//! Each backend owns its SQL and migrations (`migrations/sqlite`, `migrations/postgres`);
+//! the statements both can share live in `shared.rs`. The same story test runs on both.
+//!
+//! The store is the truth of herald: the durable task queue, the messages, and every
+//! member's inbox with its pts counter. Nothing here talks HTTP or wakes connections.
+
+mod postgres;
+mod shared;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::ids::{ConversationId, MessageId, OrgId, UserId};
+use crate::model::{
+    At, Content, Conversation, ConversationKind, Event, EventKind, Message, NewUser, Org, Sender,
+    User,
+};
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What a first start created (or found).
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    pub signing_key: Vec<u8>,
+    pub default_org: Org,
+}
+
+/// A conversation to create, already validated by the API layer.
+#[derive(Debug, Clone)]
+pub struct NewConversation {
+    pub org_id: OrgId,
+    pub kind: ConversationKind,
+    pub title: String,
+    pub owner_id: UserId,
+    /// Every member, the owner included, without duplicates.
+    pub members: Vec<UserId>,
+}
+
+/// The answer to an enqueue: a new message, or the one that already carries the dedupe key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    New(MessageId),
+    Duplicate(MessageId),
+}
+
+/// Work for the fanout workers. Serialized into the `tasks` table; every handler may run more
+/// than once and must leave the same result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Task {
+    /// Persist a new message and write `message.created` to every member.
+    Post { message: Box<MessageRecord> },
+    /// Write an event about something already stored (a message, a conversation event record)
+    /// to every member, and to `also_notify` (e.g. the members who just left).
+    Announce {
+        conversation_id: ConversationId,
+        kind: EventKind,
+        ref_id: i64,
+        #[serde(default)]
+        also_notify: Vec<UserId>,
+    },
+}
+
+impl Task {
+    pub fn conversation_id(&self) -> ConversationId {
+        match self {
+            Task::Post { message } => message.conversation_id,
+            Task::Announce {
+                conversation_id, ..
+            } => *conversation_id,
+        }
+    }
+}
+
+/// A task as claimed from the queue.
+#[derive(Debug, Clone)]
+pub struct QueuedTask {
+    pub id: i64,
+    pub task: Task,
+    pub attempts: i64,
+    pub run_at_ms: i64,
+}
+
+/// A message in the task payload: the serializable form of `Message`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessageRecord {
+    pub id: MessageId,
+    pub org_id: OrgId,
+    pub conversation_id: ConversationId,
+    pub sender: Sender,
+    pub msgtype: String,
+    pub content: serde_json::Value,
+    pub at: At,
+    pub thread_key: Option<String>,
+    pub dedupe_key: Option<String>,
+    pub created_at_ms: i64,
+}
+
+impl From<&Message> for MessageRecord {
+    fn from(m: &Message) -> Self {
+        MessageRecord {
+            id: m.id,
+            org_id: m.org_id,
+            conversation_id: m.conversation_id,
+            sender: m.sender.clone(),
+            msgtype: m.content.msgtype().to_string(),
+            content: m.content.body_json(),
+            at: m.at.clone(),
+            thread_key: m.thread_key.clone(),
+            dedupe_key: m.dedupe_key.clone(),
+            created_at_ms: m.created_at_ms,
+        }
+    }
+}
+
+/// One transaction's worth of fanout: the members whose `user_id % chunks == chunk`.
+#[derive(Debug, Clone)]
+pub struct ChunkJob<'a> {
+    pub task_id: i64,
+    pub kind: EventKind,
+    pub conversation_id: ConversationId,
+    pub ref_id: i64,
+    /// For `Post`: the message, inserted in the same transaction if it is not stored yet.
+    pub new_message: Option<&'a MessageRecord>,
+    pub chunk: u32,
+    pub chunks: u32,
+    /// Non-members who get the event too (written with chunk 0).
+    pub also_notify: &'a [UserId],
+    /// Whether to return who received the event (only worth it when someone is listening).
+    pub want_recipients: bool,
+    pub now_ms: i64,
+}
+
+impl ChunkJob<'_> {
+    /// A single-chunk job also removes its task in the same transaction.
+    pub fn finishes_task(&self) -> bool {
+        self.chunks == 1
+    }
+}
+
+/// The result of one chunk: whether it wrote anything (false when an earlier run already did)
+/// and, if asked, who received the event.
+#[derive(Debug, Default)]
+pub struct ChunkOutcome {
+    pub applied: bool,
+    pub recipients: Vec<UserId>,
+}
+
+/// A page of a list.
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// herald's storage. Every method that takes an `OrgId` only ever sees that org's rows.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates org `default`, user `admin` and the signing key on an empty store.
+    async fn bootstrap(&self) -> Result<Bootstrap>;
+    async fn create_org(&self, name: &str) -> Result<(Org, User)>;
+    async fn find_org(&self, name_or_id: &str) -> Result<Org>;
+
+    async fn create_users(&self, org: OrgId, users: &[NewUser]) -> Result<Vec<User>>;
+    async fn get_user(&self, org: OrgId, id: UserId) -> Result<User>;
+    /// The user with this id or (unique) name.
+    async fn find_user(&self, org: OrgId, name_or_id: &str) -> Result<User>;
+    /// The user behind a token, in any org: the auth layer compares the org itself.
+    async fn user_for_auth(&self, id: UserId) -> Result<Option<User>>;
+    async fn list_users(&self, org: OrgId, after: Option<UserId>, limit: i64) -> Result<Vec<User>>;
+    /// Deactivates the user and removes them from every group of their org (announcing
+    /// `member.left`). Returns the conversations they left.
+    async fn deactivate_user(&self, org: OrgId, id: UserId) -> Result<Vec<ConversationId>>;
+
+    /// Creates the conversation with its members and queues `conversation.created`.
+    async fn create_conversation(&self, new: &NewConversation) -> Result<Conversation>;
+    /// The existing 1:1 chat between two users, if any.
+    async fn find_single(&self, org: OrgId, a: UserId, b: UserId) -> Result<Option<Conversation>>;
+    async fn get_conversation(&self, org: OrgId, id: ConversationId) -> Result<Conversation>;
+    /// The org's conversations, or only those `member` belongs to.
+    async fn list_conversations(
+        &self,
+        org: OrgId,
+        member: Option<UserId>,
+        after: Option<ConversationId>,
+        limit: i64,
+    ) -> Result<Vec<Conversation>>;
+    async fn list_members(
+        &self,
+        conversation: ConversationId,
+        after: Option<UserId>,
+        limit: i64,
+    ) -> Result<Vec<UserId>>;
+    async fn is_member(&self, conversation: ConversationId, user: UserId) -> Result<bool>;
+    /// Adds active users of the org; returns those newly added (already-members are skipped).
+    async fn add_members(
+        &self,
+        org: OrgId,
+        conversation: ConversationId,
+        users: &[UserId],
+    ) -> Result<Vec<UserId>>;
+    /// Removes a member; false when they were not one.
+    async fn remove_member(
+        &self,
+        org: OrgId,
+        conversation: ConversationId,
+        user: UserId,
+        reason: &str,
+    ) -> Result<bool>;
+    /// Members of the conversation among the given ids / with the given mobiles.
+    async fn members_among(
+        &self,
+        conversation: ConversationId,
+        ids: &[UserId],
+        mobiles: &[String],
+    ) -> Result<Vec<UserId>>;
+
+    /// Records the message in the durable queue (honouring its dedupe key) and returns its id.
+    async fn enqueue_message(&self, message: &Message) -> Result<Enqueued>;
+    async fn get_message(&self, org: OrgId, id: MessageId) -> Result<Message>;
+    /// Marks the message recalled and queues `message.recalled`; false if it already was.
+    async fn recall_message(&self, org: OrgId, id: MessageId) -> Result<bool>;
+    /// Replaces the content and queues `message.updated`.
+    async fn update_message(&self, org: OrgId, id: MessageId, content: &Content) -> Result<()>;
+
+    /// Up to `limit` queued tasks of lane `lane` (of `lanes`), oldest first.
+    async fn claim_tasks(&self, lane: u32, lanes: u32, limit: i64) -> Result<Vec<QueuedTask>>;
+    /// Writes one chunk of a fanout in one transaction: pts allocation and inbox rows together.
+    async fn fan_out_chunk(&self, job: &ChunkJob<'_>) -> Result<ChunkOutcome>;
+    /// Removes a finished multi-chunk task and its progress marks.
+    async fn complete_task(&self, task_id: i64) -> Result<()>;
+    /// Puts a failed task back for a later attempt, or aside after too many.
+    async fn retry_task(&self, task_id: i64, run_at_ms: i64, error: &str) -> Result<()>;
+    async fn pending_tasks(&self) -> Result<i64>;
+    /// The member count kept on the conversation row.
+    async fn member_count(&self, conversation: ConversationId) -> Result<i64>;
+
+    /// The caller's events with pts > since, in pts order.
+    async fn read_events(&self, user: UserId, since: i64, limit: i64) -> Result<Vec<Event>>;
+    /// The user's current pts (the highest written).
+    async fn head_pts(&self, user: UserId) -> Result<i64>;
+}
+
+/// Opens the store named by the config: PostgreSQL for a `postgres://` URL, else the SQLite
+/// file in the data directory. Runs the backend's migrations.
+pub async fn open(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    if config.uses_postgres() {
+        Ok(Arc::new(PgStore::open(config).await?))
+    } else {
+        Ok(Arc::new(SqliteStore::open(config).await?))
+    }
+}
+
+/// Builds a message from stored columns.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn message_from_parts(
+    id: i64,
+    org_id: i64,
+    conversation_id: i64,
+    sender: Sender,
+    msgtype: &str,
+    content: &str,
+    at: &str,
+    thread_key: Option<String>,
+    dedupe_key: Option<String>,
+    recalled: bool,
+    created_at_ms: i64,
+) -> Result<Message> {
+    let body: serde_json::Value =
+        serde_json::from_str(content).map_err(|e| anyhow::anyhow!("stored content: {e}"))?;
+    let content = Content::from_parts(msgtype, body).map_err(|e| anyhow::anyhow!(e))?;
+    let at: At = serde_json::from_str(at).unwrap_or_default();
+    Ok(Message {
+        id: MessageId(id),
+        org_id: OrgId(org_id),
+        conversation_id: ConversationId(conversation_id),
+        sender,
+        content,
+        at,
+        thread_key,
+        dedupe_key,
+        recalled,
+        created_at_ms,
+    })
+}
+
+/// JSON array of ids, the form both backends expand into rows (`json_each` / `jsonb`).
+pub(crate) fn ids_json(ids: &[UserId]) -> String {
+    let raw: Vec<i64> = ids.iter().map(|u| u.0).collect();
+    serde_json::to_string(&raw).unwrap_or_else(|_| "[]".into())
+}
