@@ -66,9 +66,11 @@ impl PostMessage {
             "feedCard" => {
                 Content::FeedCard(self.feed_card.clone().ok_or_else(|| missing("feedCard"))?)
             }
-            other => return Err(ApiError::bad_request(format!(
+            other => {
+                return Err(ApiError::bad_request(format!(
                 "unknown msgtype {other:?}; expected text, markdown, link, actionCard or feedCard"
-            ))),
+            )))
+            }
         };
         check_content(&content)?;
         let size = content.body_json().to_string().len();

@@ -1,0 +1,77 @@
+//! A 10,000-member group: one message lands in every inbox exactly once, each member's pts +1.
+
+use std::collections::HashMap;
+
+use reqwest::StatusCode;
+use sqlx::Row;
+
+use crate::harness::{assert_pts_gapless, on_both_backends, Backend, Server};
+
+on_both_backends!(ten_thousand_members_get_one_row_each);
+
+const MEMBERS: usize = 10_000;
+
+async fn ten_thousand_members_get_one_row_each(backend: Backend) {
+    // Chunks of 3,000 exercise the multi-chunk path (4 chunks for 10,001 members).
+    let config = "[fanout]\nchunk_size = 3000\n[limits]\ngroup_messages_per_minute = 100000\n";
+    let server = Server::start(backend, config).await;
+    let admin = server.admin_token();
+    let ids = server.create_users(&admin, "m", MEMBERS).await;
+    let group = server.create_group(&admin, "everyone", &ids).await;
+    let db = server.db().await;
+    server.drain(&db).await;
+    let before = heads(&db).await;
+
+    let (status, body) = server.send_text(&admin, &group, "all hands at 10").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let message: i64 = body["id"].as_str().unwrap().parse().unwrap();
+    server.drain(&db).await;
+
+    let after = heads(&db).await;
+    let rows = sqlx::query("SELECT user_id, pts FROM inbox WHERE kind = 1 AND ref_id = $1")
+        .bind(message)
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.len(),
+        MEMBERS + 1,
+        "one row per member (admin included)"
+    );
+    let mut seen = HashMap::new();
+    for row in rows {
+        let user: i64 = row.try_get("user_id").unwrap();
+        let pts: i64 = row.try_get("pts").unwrap();
+        assert!(
+            seen.insert(user, pts).is_none(),
+            "user {user} got the message twice"
+        );
+        assert_eq!(
+            pts,
+            before[&user] + 1,
+            "user {user}: pts must advance by exactly one"
+        );
+        assert_eq!(
+            after[&user], pts,
+            "user {user}: the message is their newest event"
+        );
+    }
+    for id in ids.iter().step_by(997) {
+        let user: i64 = id.parse().unwrap();
+        let token = server.token_for(&admin, id).await;
+        let events = server.sync_all(&token, before[&user]).await;
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0]["message"]["text"]["content"], "all hands at 10");
+    }
+    assert_pts_gapless(&db).await;
+}
+
+async fn heads(db: &sqlx::AnyPool) -> HashMap<i64, i64> {
+    sqlx::query("SELECT user_id, pts FROM user_pts")
+        .fetch_all(db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.try_get("user_id").unwrap(), r.try_get("pts").unwrap()))
+        .collect()
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `herald` binary over HTTP, SSE and WebSocket, each scenario on
+//! SQLite and on a real PostgreSQL server (`HERALD_TEST_PG_URL`, started by `scripts/test`).
+
+mod harness;
+
+mod big_group;
+mod crash;
+mod isolation;
+mod live;
+mod story;
