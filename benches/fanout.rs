@@ -33,7 +33,7 @@ use herald::store::Store;
 use serde_json::{json, Value};
 use sqlx::postgres::PgConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
-use sqlx::{ConnectOptions, Connection};
+use sqlx::{ConnectOptions, Connection, Executor};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -206,7 +206,9 @@ impl Herald {
             let users: Vec<Value> = (start..count.min(start + 1000))
                 .map(|i| json!({ "name": format!("bench-user-{i}") }))
                 .collect();
-            let answer = self.post("/users/batch", &json!({ "users": users })).await?;
+            let answer = self
+                .post("/users/batch", &json!({ "users": users }))
+                .await?;
             let created = answer["users"]
                 .as_array()
                 .context("batch answer without users")?;
@@ -363,8 +365,10 @@ async fn postgres_fanout() -> Result<Part> {
         Err(_) => return Ok(Part::Skipped("PostgreSQL not reachable (timeout)".into())),
     };
     let name = format!("herald_bench_{:08x}", rand::random::<u32>());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
+    // Simple-protocol statements: CREATE/DROP DATABASE and VACUUM refuse to run in the
+    // implicit transaction of a prepared statement.
+    admin
+        .execute(&*format!("CREATE DATABASE {name}"))
         .await
         .context("creating the bench database")?;
     let outcome = match with_database(&admin_url, &name) {
@@ -375,8 +379,8 @@ async fn postgres_fanout() -> Result<Part> {
         }
         Err(e) => Err(e),
     };
-    let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut admin)
+    let dropped = admin
+        .execute(&*format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .await;
     admin.close().await.ok();
     let cells = outcome?;
@@ -488,8 +492,8 @@ async fn grow_inbox(herald: &Herald, bare: &BareDb, conversation: ConversationId
         "growing the inbox from {rows} rows with {messages} messages"
     ));
     let start = Instant::now();
-    for batch in (0..messages).collect::<Vec<_>>().chunks(20) {
-        for message in batch {
+    for first in (0..messages).step_by(20) {
+        for message in first..messages.min(first + 20) {
             herald
                 .post_message(conversation, &format!("filler {message}"))
                 .await?;
@@ -504,8 +508,8 @@ impl BareDb {
     async fn count_inbox(&self) -> Result<i64> {
         let sql = "SELECT COUNT(*) FROM inbox";
         Ok(match self {
-            BareDb::Sqlite { .. } => {
-                let mut conn = self.sqlite().await?;
+            BareDb::Sqlite { path, synchronous } => {
+                let mut conn = sqlite_connect(path, *synchronous).await?;
                 let count = sqlx::query_scalar(sql).fetch_one(&mut conn).await?;
                 conn.close().await?;
                 count
@@ -522,8 +526,8 @@ impl BareDb {
     /// The median time to commit one message's worth of inbox rows, per insert form.
     async fn measure(&self, conversation: ConversationId) -> Result<BareFigure> {
         match self {
-            BareDb::Sqlite { .. } => {
-                let mut conn = self.sqlite().await?;
+            BareDb::Sqlite { path, synchronous } => {
+                let mut conn = sqlite_connect(path, *synchronous).await?;
                 let figure = sqlite_bare(&mut conn, conversation).await;
                 conn.close().await?;
                 figure
@@ -536,36 +540,32 @@ impl BareDb {
             }
         }
     }
-
-    /// A connection set up like herald's writer (WAL, the same `synchronous`, cache), so the
-    /// bare figure differs from herald's only in what herald does on top of the insert.
-    async fn sqlite(&self) -> Result<SqliteConnection> {
-        let BareDb::Sqlite { path, synchronous } = self else {
-            bail!("not a SQLite bench database");
-        };
-        let synchronous = match synchronous {
-            Synchronous::Full => SqliteSynchronous::Full,
-            Synchronous::Normal => SqliteSynchronous::Normal,
-        };
-        Ok(sqlite_options(path)
-            .synchronous(synchronous)
-            .connect()
-            .await?)
-    }
 }
 
-fn sqlite_options(path: &Path) -> SqliteConnectOptions {
-    SqliteConnectOptions::new()
+/// A connection set up like herald's writer (WAL, the same `synchronous`, the same cache), so
+/// the bare figure differs from herald's only in what herald does on top of the insert.
+async fn sqlite_connect(path: &Path, synchronous: Synchronous) -> Result<SqliteConnection> {
+    let synchronous = match synchronous {
+        Synchronous::Full => SqliteSynchronous::Full,
+        Synchronous::Normal => SqliteSynchronous::Normal,
+    };
+    Ok(SqliteConnectOptions::new()
         .filename(path)
         .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(synchronous)
         .busy_timeout(Duration::from_secs(10))
         .pragma("cache_size", "-65536")
         .pragma("temp_store", "memory")
+        .connect()
+        .await?)
 }
 
 /// SQLite's bare limit: the set-based INSERT … SELECT, one autocommit transaction each.
-async fn sqlite_bare(conn: &mut SqliteConnection, conversation: ConversationId) -> Result<BareFigure> {
-    let rows = member_ids_sqlite(conn, conversation).await?;
+async fn sqlite_bare(
+    conn: &mut SqliteConnection,
+    conversation: ConversationId,
+) -> Result<BareFigure> {
+    let rows = member_count(conn, conversation).await?;
     let mut times = Vec::with_capacity(BARE_REPS);
     for rep in 0..BARE_REPS {
         let pts = BARE_PTS_BASE + rep as i64;
@@ -578,7 +578,10 @@ async fn sqlite_bare(conn: &mut SqliteConnection, conversation: ConversationId) 
             .await?
             .rows_affected();
         times.push(start.elapsed());
-        ensure!(inserted as i64 == rows, "bare insert wrote {inserted} rows, expected {rows}");
+        ensure!(
+            inserted as i64 == rows,
+            "bare insert wrote {inserted} rows, expected {rows}"
+        );
         sqlx::query(BARE_DELETE)
             .bind(pts)
             .bind(conversation.0)
@@ -591,7 +594,7 @@ async fn sqlite_bare(conn: &mut SqliteConnection, conversation: ConversationId) 
     })
 }
 
-async fn member_ids_sqlite(conn: &mut SqliteConnection, conversation: ConversationId) -> Result<i64> {
+async fn member_count(conn: &mut SqliteConnection, conversation: ConversationId) -> Result<i64> {
     Ok(
         sqlx::query_scalar("SELECT COUNT(*) FROM members WHERE conversation_id = $1")
             .bind(conversation.0)
@@ -603,7 +606,10 @@ async fn member_ids_sqlite(conn: &mut SqliteConnection, conversation: Conversati
 /// PostgreSQL's bare limit: INSERT … SELECT and binary COPY, alternating which goes first in
 /// each repetition so drift on the noisy machine hits both alike. Each is one autocommit
 /// transaction (commit and WAL flush included, as in herald).
-async fn postgres_bare(conn: &mut PgConnection, conversation: ConversationId) -> Result<BareFigure> {
+async fn postgres_bare(
+    conn: &mut PgConnection,
+    conversation: ConversationId,
+) -> Result<BareFigure> {
     let users: Vec<i64> = sqlx::query_scalar(
         "SELECT user_id FROM members WHERE conversation_id = $1 ORDER BY user_id",
     )
@@ -632,7 +638,7 @@ async fn postgres_bare(conn: &mut PgConnection, conversation: ConversationId) ->
     }
     // The deletes leave dead tuples exactly where herald's next rows go; clean them up so the
     // next herald measurement sees the table as herald alone would have left it.
-    sqlx::query("VACUUM inbox").execute(&mut *conn).await?;
+    conn.execute("VACUUM inbox").await?;
     Ok(BareFigure {
         rows,
         forms: vec![
@@ -657,7 +663,10 @@ async fn pg_insert_select(
         .await?
         .rows_affected();
     let time = start.elapsed();
-    ensure!(inserted as i64 == rows, "INSERT…SELECT wrote {inserted} rows, expected {rows}");
+    ensure!(
+        inserted as i64 == rows,
+        "INSERT…SELECT wrote {inserted} rows, expected {rows}"
+    );
     Ok(time)
 }
 
@@ -672,7 +681,10 @@ async fn pg_copy(conn: &mut PgConnection, data: &[u8], rows: i64) -> Result<Dura
     copy.send(data).await?;
     let copied = copy.finish().await?;
     let time = start.elapsed();
-    ensure!(copied as i64 == rows, "COPY wrote {copied} rows, expected {rows}");
+    ensure!(
+        copied as i64 == rows,
+        "COPY wrote {copied} rows, expected {rows}"
+    );
     Ok(time)
 }
 
@@ -712,14 +724,22 @@ struct PushFigure {
     subscribers: usize,
     messages: usize,
     delivered: usize,
+    pts_breaks: usize,
     connect: Duration,
     p50: Duration,
     p99: Duration,
     max: Duration,
 }
 
-/// One subscriber's receipts: (message sequence number, time since the shared origin).
-type Receipts = Vec<(usize, Duration)>;
+/// What one subscriber saw.
+#[derive(Default)]
+struct Receipts {
+    /// (message sequence number, arrival time since the shared origin).
+    arrivals: Vec<(usize, Duration)>,
+    /// Events whose pts (the SSE `id`) did not follow the previous one by exactly 1: a lost
+    /// or repeated event, which herald's gap-free sync promises never to produce.
+    pts_breaks: usize,
+}
 
 async fn push_latency() -> Result<Part> {
     let dir = tempfile::tempdir()?;
@@ -734,7 +754,9 @@ async fn push_latency() -> Result<Part> {
 }
 
 async fn measure_push(herald: &Herald) -> Result<PushFigure> {
-    progress(format!("push: creating {PUSH_SUBSCRIBERS} users and their group"));
+    progress(format!(
+        "push: creating {PUSH_SUBSCRIBERS} users and their group"
+    ));
     let (conversation, users) = herald.setup_group(PUSH_SUBSCRIBERS + 1).await?;
     let tokens = mint_tokens(herald, &users).await?;
     let connect_start = Instant::now();
@@ -762,14 +784,17 @@ async fn measure_push(herald: &Herald) -> Result<PushFigure> {
     stop.cancel();
     let sent = sent?;
     let mut latencies = Vec::with_capacity(PUSH_SUBSCRIBERS * PUSH_MESSAGES);
+    let mut pts_breaks = 0;
     for subscriber in subscribers {
-        for (seq, at) in subscriber.await.context("a subscriber panicked")?? {
+        let receipts = subscriber.await.context("a subscriber panicked")??;
+        pts_breaks += receipts.pts_breaks;
+        for (seq, at) in receipts.arrivals {
             if seq >= PUSH_WARMUP && seq < total {
                 latencies.push(at.saturating_sub(sent[seq]));
             }
         }
     }
-    push_figure(latencies, connect)
+    push_figure(latencies, pts_breaks, connect)
 }
 
 /// Tokens minted with herald's own key, as `POST /users/{id}/tokens` would.
@@ -875,8 +900,9 @@ async fn receive(
     let mut body = response.bytes_stream();
     let mut parser = SseParser::default();
     let mut frames = Vec::new();
-    let mut receipts = Vec::with_capacity(expected);
-    while receipts.len() < expected {
+    let mut receipts = Receipts::default();
+    let mut last_pts: Option<i64> = None;
+    while receipts.arrivals.len() < expected {
         let chunk = tokio::select! {
             chunk = body.next() => chunk,
             _ = stop.cancelled() => None,
@@ -888,8 +914,13 @@ async fn receive(
             if frame.event.as_deref() != Some("message.created") {
                 continue;
             }
+            let pts = frame.id.as_deref().and_then(|id| id.parse::<i64>().ok());
+            if last_pts.is_some_and(|last| pts != Some(last + 1)) {
+                receipts.pts_breaks += 1;
+            }
+            last_pts = pts;
             if let Some(seq) = seq_of(&frame.data) {
-                receipts.push((seq, at));
+                receipts.arrivals.push((seq, at));
                 delivered.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -897,13 +928,18 @@ async fn receive(
     Ok(receipts)
 }
 
-fn push_figure(mut latencies: Vec<Duration>, connect: Duration) -> Result<PushFigure> {
+fn push_figure(
+    mut latencies: Vec<Duration>,
+    pts_breaks: usize,
+    connect: Duration,
+) -> Result<PushFigure> {
     ensure!(!latencies.is_empty(), "no measured message was delivered");
     latencies.sort_unstable();
     Ok(PushFigure {
         subscribers: PUSH_SUBSCRIBERS,
         messages: PUSH_MESSAGES,
         delivered: latencies.len(),
+        pts_breaks,
         connect,
         p50: percentile(&latencies, 0.50),
         p99: percentile(&latencies, 0.99),
@@ -912,7 +948,7 @@ fn push_figure(mut latencies: Vec<Duration>, connect: Duration) -> Result<PushFi
 }
 
 /// One Server-Sent Events frame.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Default)]
 struct SseFrame {
     id: Option<String>,
     event: Option<String>,
@@ -1046,15 +1082,16 @@ impl Report {
     fn print_push_table(&self) {
         println!("## Live push: POST to SSE arrival, one group, SQLite");
         println!();
-        println!("| subscribers | messages | delivered / expected | p50 ms | p99 ms | max ms | connect all ms |");
-        println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        println!("| subscribers | messages | delivered / expected | pts breaks | p50 ms | p99 ms | max ms | connect all ms |");
+        println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         if let Some(p) = &self.push {
             println!(
-                "| {} | {} | {} / {} | {:.1} | {:.1} | {:.1} | {:.0} |",
+                "| {} | {} | {} / {} | {} | {:.1} | {:.1} | {:.1} | {:.0} |",
                 p.subscribers,
                 p.messages,
                 p.delivered,
                 p.subscribers * p.messages,
+                p.pts_breaks,
                 ms(p.p50),
                 ms(p.p99),
                 ms(p.max),
@@ -1097,46 +1134,10 @@ fn push_json(p: &PushFigure) -> Value {
         "messages": p.messages,
         "delivered": p.delivered,
         "expected": p.subscribers * p.messages,
+        "pts_breaks": p.pts_breaks,
         "p50_ms": ms(p.p50),
         "p99_ms": ms(p.p99),
         "max_ms": ms(p.max),
         "connect_ms": ms(p.connect),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sse_frames_survive_any_chunking() {
-        let stream = b": keep-alive\n\nid: 7\nevent: message.created\ndata: {\"a\":\ndata: 1}\n\n";
-        for split in 0..stream.len() {
-            let mut parser = SseParser::default();
-            let mut frames = Vec::new();
-            parser.push(&stream[..split], &mut frames);
-            parser.push(&stream[split..], &mut frames);
-            assert_eq!(
-                frames,
-                vec![SseFrame {
-                    id: Some("7".into()),
-                    event: Some("message.created".into()),
-                    data: "{\"a\":\n1}".into(),
-                }]
-            );
-        }
-    }
-
-    #[test]
-    fn database_is_swapped_in_urls() {
-        let url = with_database("postgres://u@h:5432/postgres?sslmode=disable", "b").unwrap();
-        assert_eq!(url, "postgres://u@h:5432/b?sslmode=disable");
-        assert_eq!(with_database("postgres://h", "b").unwrap(), "postgres://h/b");
-    }
-
-    #[test]
-    fn sequence_numbers_are_found_in_event_json() {
-        assert_eq!(seq_of(r#"{"text":{"content":"push seq=12;"}}"#), Some(12));
-        assert_eq!(seq_of("no marker"), None);
-    }
 }

@@ -155,27 +155,24 @@ pub(crate) struct TokenResponse {
 
 /// Mint a bearer token for a user of the org.
 #[utoipa::path(post, path = "/api/v1/users/{id}/tokens", tag = "users", params(("id" = String, Path)),
-    responses((status = 201, body = TokenResponse), (status = 404, body = crate::error::ErrorBody),
+    responses((status = 200, body = TokenResponse), (status = 404, body = crate::error::ErrorBody),
               (status = 409, body = crate::error::ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn mint_token(
     State(app): State<AppState>,
     Admin(caller): Admin,
     Path(id): Path<UserId>,
-) -> Result<(StatusCode, Json<TokenResponse>), ApiError> {
+) -> Result<Json<TokenResponse>, ApiError> {
     let user = app.store.get_user(caller.org(), id).await?;
     if !user.active {
         return Err(ApiError::Conflict("the user is deactivated".into()));
     }
     let minted = app.keys.issue(&user).map_err(ApiError::Internal)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(TokenResponse {
-            token: minted.token,
-            user_id: user.id,
-            expires_at: crate::clock::rfc3339(minted.expires_at_ms),
-        }),
-    ))
+    Ok(Json(TokenResponse {
+        token: minted.token,
+        user_id: user.id,
+        expires_at: crate::clock::rfc3339(minted.expires_at_ms),
+    }))
 }
 
 #[derive(Serialize, ToSchema)]
