@@ -174,9 +174,16 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-/// herald's storage. Every method that takes an `OrgId` only ever sees that org's rows.
+/// herald's storage: one narrow trait per area, each implemented by both backends.
+/// Add an area by adding its trait to this list.
+pub trait Store: CoreStore {}
+
+impl<T: CoreStore> Store for T {}
+
+/// The core: tenancy, people, conversations, messages, the task queue and the inboxes.
+/// Every method that takes an `OrgId` only ever sees that org's rows.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait CoreStore: Send + Sync + 'static {
     /// Creates org `default`, user `admin` and the signing key on an empty store.
     async fn bootstrap(&self) -> Result<Bootstrap>;
     async fn create_org(&self, name: &str) -> Result<(Org, User)>;

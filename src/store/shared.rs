@@ -266,7 +266,7 @@ macro_rules! shared_store_impl {
         }
 
         #[async_trait]
-        impl Store for $store {
+        impl CoreStore for $store {
             async fn bootstrap(&self) -> Result<Bootstrap> {
                 let now = clock::now_ms();
                 let mut tx = self.writer().begin().await?;
