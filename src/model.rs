@@ -157,6 +157,12 @@ pub struct FeedCard {
     pub links: Vec<FeedLink>,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Image {
+    #[serde(rename = "picURL")]
+    pub pic_url: String,
+}
+
 /// A message's typed content, one DingTalk robot message kind each.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Content {
@@ -165,6 +171,7 @@ pub enum Content {
     Link(Link),
     ActionCard(ActionCard),
     FeedCard(FeedCard),
+    Image(Image),
 }
 
 impl Content {
@@ -176,6 +183,7 @@ impl Content {
             Content::Link(_) => "link",
             Content::ActionCard(_) => "actionCard",
             Content::FeedCard(_) => "feedCard",
+            Content::Image(_) => "image",
         }
     }
 
@@ -187,6 +195,7 @@ impl Content {
             Content::Link(c) => serde_json::to_value(c),
             Content::ActionCard(c) => serde_json::to_value(c),
             Content::FeedCard(c) => serde_json::to_value(c),
+            Content::Image(c) => serde_json::to_value(c),
         };
         v.unwrap_or(serde_json::Value::Null)
     }
@@ -202,8 +211,47 @@ impl Content {
             "link" => Content::Link(de(body)?),
             "actionCard" => Content::ActionCard(de(body)?),
             "feedCard" => Content::FeedCard(de(body)?),
+            "image" => Content::Image(de(body)?),
             other => return Err(format!("unknown msgtype {other:?}")),
         })
+    }
+
+    /// Checks DingTalk's required fields per kind.
+    pub fn validate(&self) -> Result<(), String> {
+        let content = self;
+        let blank = |s: &str| s.trim().is_empty();
+        let fail = |msg: &str| Err(msg.to_string());
+        match content {
+            Content::Text(t) if blank(&t.content) => fail("text.content must not be empty"),
+            Content::Markdown(m) if blank(&m.title) || blank(&m.text) => {
+                fail("markdown needs a title and a text")
+            }
+            Content::Link(l) if blank(&l.title) || blank(&l.text) || blank(&l.message_url) => {
+                fail("link needs title, text and messageUrl")
+            }
+            Content::ActionCard(a) if blank(&a.title) || blank(&a.text) => {
+                fail("actionCard needs a title and a text")
+            }
+            Content::ActionCard(a) => {
+                let single = a.single_title.is_some() || a.single_url.is_some();
+                match (single, a.btns.is_empty()) {
+                    (true, false) => {
+                        fail("actionCard takes singleTitle/singleURL or btns, not both")
+                    }
+                    (true, true) if a.single_title.is_none() || a.single_url.is_none() => {
+                        fail("actionCard needs both singleTitle and singleURL")
+                    }
+                    (false, true) => fail("actionCard needs singleTitle and singleURL, or btns"),
+                    _ if a.btns.len() > 10 => fail("actionCard has at most 10 btns"),
+                    _ => Ok(()),
+                }
+            }
+            Content::FeedCard(f) if f.links.is_empty() || f.links.len() > 10 => {
+                fail("feedCard needs 1 to 10 links")
+            }
+            Content::Image(i) if blank(&i.pic_url) => fail("image needs a picURL"),
+            _ => Ok(()),
+        }
     }
 
     /// The words a person reads, for mention parsing and keyword filters.
@@ -219,6 +267,7 @@ impl Content {
                 .map(|l| l.title.as_str())
                 .collect::<Vec<_>>()
                 .join("\n"),
+            Content::Image(_) => String::new(),
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, Json, Path};
 use crate::ids::{ConversationId, MessageId, UserId};
 use crate::model::{
-    ActionCard, At, Content, FeedCard, Link, Markdown, Message, Sender, SenderKind, Text,
+    ActionCard, At, Content, FeedCard, Image, Link, Markdown, Message, Sender, SenderKind, Text,
 };
 use crate::store::Enqueued;
 use crate::{clock, AppState};
@@ -38,6 +38,7 @@ pub(crate) struct PostMessage {
     action_card: Option<ActionCard>,
     #[serde(rename = "feedCard")]
     feed_card: Option<FeedCard>,
+    image: Option<Image>,
     at: Option<At>,
     /// A repeat with the same key in the same conversation is answered with the first id.
     dedupe_key: Option<String>,
@@ -66,13 +67,14 @@ impl PostMessage {
             "feedCard" => {
                 Content::FeedCard(self.feed_card.clone().ok_or_else(|| missing("feedCard"))?)
             }
+            "image" => Content::Image(self.image.clone().ok_or_else(|| missing("image"))?),
             other => {
                 return Err(ApiError::bad_request(format!(
-                "unknown msgtype {other:?}; expected text, markdown, link, actionCard or feedCard"
+                "unknown msgtype {other:?}; expected text, markdown, link, actionCard, feedCard or image"
             )))
             }
         };
-        check_content(&content)?;
+        content.validate().map_err(ApiError::BadRequest)?;
         let size = content.body_json().to_string().len();
         if size > max_bytes {
             return Err(ApiError::PayloadTooLarge(format!(
@@ -94,40 +96,6 @@ impl PostMessage {
             }
         }
         Ok(())
-    }
-}
-
-/// DingTalk's required fields per kind.
-fn check_content(content: &Content) -> Result<(), ApiError> {
-    let blank = |s: &str| s.trim().is_empty();
-    let fail = |msg: &str| Err(ApiError::bad_request(msg.to_string()));
-    match content {
-        Content::Text(t) if blank(&t.content) => fail("text.content must not be empty"),
-        Content::Markdown(m) if blank(&m.title) || blank(&m.text) => {
-            fail("markdown needs a title and a text")
-        }
-        Content::Link(l) if blank(&l.title) || blank(&l.text) || blank(&l.message_url) => {
-            fail("link needs title, text and messageUrl")
-        }
-        Content::ActionCard(a) if blank(&a.title) || blank(&a.text) => {
-            fail("actionCard needs a title and a text")
-        }
-        Content::ActionCard(a) => {
-            let single = a.single_title.is_some() || a.single_url.is_some();
-            match (single, a.btns.is_empty()) {
-                (true, false) => fail("actionCard takes singleTitle/singleURL or btns, not both"),
-                (true, true) if a.single_title.is_none() || a.single_url.is_none() => {
-                    fail("actionCard needs both singleTitle and singleURL")
-                }
-                (false, true) => fail("actionCard needs singleTitle and singleURL, or btns"),
-                _ if a.btns.len() > 10 => fail("actionCard has at most 10 btns"),
-                _ => Ok(()),
-            }
-        }
-        Content::FeedCard(f) if f.links.is_empty() || f.links.len() > 10 => {
-            fail("feedCard needs 1 to 10 links")
-        }
-        _ => Ok(()),
     }
 }
 
