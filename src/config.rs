@@ -23,6 +23,7 @@ pub struct Config {
     pub stream: StreamConfig,
     pub sqlite: SqliteConfig,
     pub postgres: PostgresConfig,
+    pub outgoing: OutgoingConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -81,12 +82,31 @@ pub struct PostgresConfig {
     pub max_connections: u32,
 }
 
+/// Outgoing bots: delivery of signed callbacks (see `outgoing`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutgoingConfig {
+    /// CIDRs a callback URL may resolve to although they are loopback/private/…
+    pub allow_cidrs: Vec<String>,
+    pub timeout_ms: u64,
+    pub concurrency_per_bot: u32,
+    /// Delays between attempts; after the last one the event is marked failed.
+    pub retry_schedule_seconds: Vec<f64>,
+    pub disable_after_seconds: u64,
+    pub session_webhook_ttl_seconds: u64,
+    pub secret_rotation_overlap_seconds: u64,
+    /// Base URL bots use for `sessionWebhook`; empty: `http://<the listening address>`.
+    pub public_url: String,
+}
+
 /// Values given on the command line or in `HERALD_*` variables; they win over the file.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
+    /// `HERALD_OUTGOING_ALLOW_CIDRS`, comma-separated.
+    pub outgoing_allow_cidrs: Option<String>,
 }
 
 impl Config {
@@ -111,6 +131,13 @@ impl Config {
         }
         if let Some(url) = &overrides.database_url {
             config.database_url = url.clone();
+        }
+        if let Some(cidrs) = &overrides.outgoing_allow_cidrs {
+            config.outgoing.allow_cidrs = cidrs
+                .split(',')
+                .map(|c| c.trim().to_string())
+                .filter(|c| !c.is_empty())
+                .collect();
         }
         config.validate()?;
         Ok(config)
@@ -145,6 +172,25 @@ impl Config {
         }
         if self.stream.max_lag_events < 1 {
             bail!("stream.max_lag_events must be positive");
+        }
+        self.validate_outgoing()?;
+        Ok(())
+    }
+
+    fn validate_outgoing(&self) -> anyhow::Result<()> {
+        let o = &self.outgoing;
+        for cidr in &o.allow_cidrs {
+            crate::outgoing::ssrf::Cidr::parse(cidr)
+                .with_context(|| format!("outgoing.allow_cidrs: {cidr:?}"))?;
+        }
+        if o.timeout_ms == 0 || o.concurrency_per_bot == 0 {
+            bail!("outgoing.timeout_ms and outgoing.concurrency_per_bot must be positive");
+        }
+        if o.retry_schedule_seconds
+            .iter()
+            .any(|s| s.is_nan() || *s < 0.0)
+        {
+            bail!("outgoing.retry_schedule_seconds must be non-negative numbers");
         }
         Ok(())
     }

@@ -25,9 +25,11 @@ pub async fn fan_out(app: &AppState, queued: &QueuedTask) -> Result<(), StoreErr
         want_recipients: app.hub.has_listeners(),
         now_ms: clock::now_ms(),
     };
+    // Chunk 0 may have queued bot deliveries (see `outgoing`).
     if chunks == 1 {
         let outcome = app.store.fan_out_chunk(&job(0)).await?;
         app.hub.wake(&outcome.recipients);
+        app.outgoing.wake.notify_one();
         return Ok(());
     }
     let parallel = app.config.fanout.parallel_chunks as usize;
@@ -43,6 +45,7 @@ pub async fn fan_out(app: &AppState, queued: &QueuedTask) -> Result<(), StoreErr
         .buffer_unordered(parallel)
         .try_collect::<()>()
         .await?;
+    app.outgoing.wake.notify_one();
     app.store.complete_task(queued.id).await
 }
 

@@ -12,6 +12,9 @@
 //! 5. **sync** (`sync`): `/sync`, SSE and WebSocket read the inbox after the client's cursor,
 //!    so a reconnect with the last pts gets exactly what it missed.
 //!
+//! Outgoing bots (`outgoing`) hang off fanout: the transaction that writes an event also
+//! queues a delivery for every bot that hears it; `outgoing::worker` signs and sends them.
+//!
 //! Storage (`store`) is one trait with a SQLite and a PostgreSQL implementation.
 
 #![forbid(unsafe_code)]
@@ -25,6 +28,7 @@ pub mod fanout;
 pub mod hub;
 pub mod ids;
 pub mod model;
+pub mod outgoing;
 pub mod queue;
 pub mod ratelimit;
 pub mod store;
@@ -47,6 +51,8 @@ pub struct Shared {
     pub keys: auth::Keys,
     pub ids: ids::IdGenerator,
     pub limiter: ratelimit::GroupLimiter,
+    /// Outgoing bots: the guarded callback client, wake-ups and per-bot slots.
+    pub outgoing: Arc<outgoing::Outgoing>,
     /// Cancelled on shutdown: live streams end so the server can drain.
     pub shutdown: CancellationToken,
 }
@@ -73,6 +79,12 @@ impl AppState {
             keys: auth::Keys::new(signing_key, config.auth.token_ttl_seconds),
             lanes: queue::Lanes::new(config.fanout.lanes),
             limiter: ratelimit::GroupLimiter::new(config.limits.clone()),
+            // The allowlist was validated at config load; building a rustls client does not
+            // fail short of a broken build.
+            outgoing: Arc::new(
+                outgoing::Outgoing::new(&config.outgoing, signing_key)
+                    .expect("outgoing client from a validated config"),
+            ),
             hub: Arc::new(hub::Hub::default()),
             ids: ids::IdGenerator::new(),
             store,
@@ -103,6 +115,9 @@ pub async fn run(
     let workers: Vec<_> = (0..app.lanes.count())
         .map(|lane| tokio::spawn(queue::worker_loop(app.clone(), lane, shutdown.clone())))
         .collect();
+    app.outgoing.set_listen_addr(listener.local_addr()?);
+    let mut workers = workers;
+    workers.extend(outgoing::worker::spawn(app.clone(), shutdown.clone()));
     let router = api::router(app.clone());
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())

@@ -82,6 +82,7 @@ impl StoreArgs {
             listen,
             data_dir: self.data_dir.clone(),
             database_url: self.database_url.clone().filter(|u| !u.is_empty()),
+            outgoing_allow_cidrs: std::env::var("HERALD_OUTGOING_ALLOW_CIDRS").ok(),
         };
         Config::load(self.config.as_deref(), &overrides)
     }

@@ -172,7 +172,8 @@ pub(crate) async fn post_message(
     ))
 }
 
-/// Keeps the mentions that name members, and adds the members behind `atMobiles`.
+/// Keeps the mentions that name members or installed bots, and adds the members behind
+/// `atMobiles`.
 async fn resolve_mentions(
     app: &AppState,
     conversation: ConversationId,
@@ -193,8 +194,13 @@ async fn resolve_mentions(
         .store
         .members_among(conversation, &ids, &at.at_mobiles)
         .await?;
+    let mut at_user_ids: Vec<String> = found.iter().map(|u| u.to_string()).collect();
+    // Bots are not members, but a bot installed here may be @-mentioned by its chatbot id.
+    at_user_ids.extend(
+        crate::outgoing::mentioned_bots(app.store.as_ref(), conversation, &at.at_user_ids).await?,
+    );
     Ok(At {
-        at_user_ids: found.iter().map(|u| u.to_string()).collect(),
+        at_user_ids,
         at_mobiles: at.at_mobiles,
         is_at_all: at.is_at_all,
     })

@@ -1,6 +1,7 @@
 //! Ingress: the HTTP API. Each area exports `router()`; handlers are thin (authorize through
 //! an extractor, call one stage function, answer). Errors go through `error::ApiError`.
 
+mod bots;
 mod conversations;
 mod docs;
 mod live;
@@ -22,6 +23,7 @@ pub fn router(app: AppState) -> Router {
         .merge(users::router())
         .merge(conversations::router())
         .merge(messages::router())
+        .merge(bots::router())
         .merge(live::router())
         .merge(docs::router());
     Router::new()

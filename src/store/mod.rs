@@ -5,6 +5,7 @@
 //! The store is the truth of herald: the durable task queue, the messages, and every
 //! member's inbox with its pts counter. Nothing here talks HTTP or wakes connections.
 
+mod bots;
 mod postgres;
 mod shared;
 mod sqlite;
@@ -21,6 +22,7 @@ use crate::model::{
     User,
 };
 
+pub use bots::*;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -176,9 +178,9 @@ pub struct Page<T> {
 
 /// herald's storage: one narrow trait per area, each implemented by both backends.
 /// Add an area by adding its trait to this list.
-pub trait Store: CoreStore {}
+pub trait Store: CoreStore + BotStore {}
 
-impl<T: CoreStore> Store for T {}
+impl<T: CoreStore + BotStore> Store for T {}
 
 /// The core: tenancy, people, conversations, messages, the task queue and the inboxes.
 /// Every method that takes an `OrgId` only ever sees that org's rows.

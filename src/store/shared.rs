@@ -190,6 +190,7 @@ macro_rules! shared_store_impl {
 
             /// Makes a fanout chunk idempotent: a single-chunk job deletes its task, a multi-chunk
             /// job marks its chunk done. False when an earlier run already did (roll back).
+            /// Chunk 0 also queues the event for outgoing bots, so that happens exactly once.
             async fn claim_chunk_tx(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 job: &ChunkJob<'_>,
@@ -211,6 +212,10 @@ macro_rules! shared_store_impl {
                     .await?
                     .rows_affected()
                 };
+                if affected == 1 {
+                    // Outgoing bots: queue their deliveries in this same transaction.
+                    Self::enqueue_bot_events_tx(tx, job).await?;
+                }
                 Ok(affected == 1)
             }
 

@@ -4,6 +4,7 @@
 mod harness;
 
 mod big_group;
+mod bots;
 mod crash;
 mod isolation;
 mod live;
