@@ -767,17 +767,20 @@ macro_rules! bot_store_impl {
                     String::new()
                 } else {
                     let ids: Vec<String> = claim.exclude.iter().map(|b| b.0.to_string()).collect();
-                    format!("AND d.bot_id NOT IN ({})", ids.join(","))
+                    format!("AND bot_id NOT IN ({})", ids.join(","))
                 };
+                // Heads first (the oldest pending delivery of each bot and conversation, one
+                // pass over the partial order index), then only the due, unleased ones, at
+                // most `per_bot` per bot.
                 let sql = format!(
                     "UPDATE bot_deliveries SET locked_until = $1 WHERE id IN ( \
                        SELECT id FROM bot_deliveries WHERE locked_until <= $2 AND id IN ( \
                          SELECT id FROM ( \
                            SELECT d.id, ROW_NUMBER() OVER (PARTITION BY d.bot_id ORDER BY d.id) AS rn \
-                           FROM bot_deliveries d JOIN bots b ON b.id = d.bot_id \
-                           WHERE d.state = 0 AND d.run_at <= $2 AND d.locked_until <= $2 AND b.enabled = $3 {exclude} \
-                             AND NOT EXISTS (SELECT 1 FROM bot_deliveries o WHERE o.state = 0 \
-                               AND o.bot_id = d.bot_id AND o.conversation_id = d.conversation_id AND o.id < d.id) \
+                           FROM (SELECT MIN(id) AS id FROM bot_deliveries WHERE state = 0 {exclude} \
+                                 GROUP BY bot_id, conversation_id) heads \
+                           JOIN bot_deliveries d ON d.id = heads.id JOIN bots b ON b.id = d.bot_id \
+                           WHERE d.run_at <= $2 AND d.locked_until <= $2 AND b.enabled = $3 \
                          ) ranked WHERE rn <= $4 ORDER BY id LIMIT $5) {}) \
                      RETURNING id, bot_id, conversation_id, event_id, event, payload, attempts",
                     $lock
@@ -816,18 +819,23 @@ macro_rules! bot_store_impl {
             ) -> Result<Vec<DisabledBot>> {
                 let mut tx = self.writer().begin().await?;
                 let mut disabled = Vec::new();
+                let mut succeeded = std::collections::BTreeSet::new();
                 for outcome in outcomes {
                     Self::record_one_tx(&mut tx, outcome, now_ms).await?;
                     if outcome.next == NextStep::Delivered {
-                        sqlx::query("UPDATE bots SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL")
-                            .bind(outcome.bot_id.0)
-                            .execute(&mut *tx)
-                            .await?;
+                        succeeded.insert(outcome.bot_id.0);
                     } else if let Some(bot) =
                         Self::note_failure_tx(&mut tx, outcome.bot_id, now_ms, disable_after_ms).await?
                     {
                         disabled.push(bot);
                     }
+                }
+                // A success ends the bot's failure run (once per bot and batch).
+                for bot in succeeded {
+                    sqlx::query("UPDATE bots SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL")
+                        .bind(bot)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 tx.commit().await?;
                 Ok(disabled)
