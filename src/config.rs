@@ -235,4 +235,20 @@ mod tests {
         std::fs::write(&path, "[fanout]\nlanez = 2\n").unwrap();
         assert!(Config::load(Some(&path), &Overrides::default()).is_err());
     }
+
+    #[test]
+    fn outgoing_allowlist_comes_from_the_environment_and_is_validated() {
+        let overrides = Overrides {
+            outgoing_allow_cidrs: Some("127.0.0.1/32, 10.0.0.0/8,".into()),
+            ..Overrides::default()
+        };
+        let c = Config::load(None, &overrides).unwrap();
+        assert_eq!(c.outgoing.allow_cidrs, ["127.0.0.1/32", "10.0.0.0/8"]);
+        assert!(Config::defaults().outgoing.allow_cidrs.is_empty());
+        let bad = Overrides {
+            outgoing_allow_cidrs: Some("10.0.0.0/99".into()),
+            ..Overrides::default()
+        };
+        assert!(Config::load(None, &bad).is_err());
+    }
 }
