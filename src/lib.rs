@@ -21,14 +21,20 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod ingress;
+pub mod adapt;
+pub mod render;
 pub mod fanout;
+pub mod filter;
 pub mod hub;
 pub mod ids;
 pub mod model;
 pub mod queue;
 pub mod ratelimit;
+pub mod robot;
 pub mod store;
 pub mod sync;
+pub mod verify;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -47,6 +53,7 @@ pub struct Shared {
     pub keys: auth::Keys,
     pub ids: ids::IdGenerator,
     pub limiter: ratelimit::GroupLimiter,
+    pub robot_limiter: ratelimit::RobotLimiter,
     /// Cancelled on shutdown: live streams end so the server can drain.
     pub shutdown: CancellationToken,
 }
@@ -73,6 +80,7 @@ impl AppState {
             keys: auth::Keys::new(signing_key, config.auth.token_ttl_seconds),
             lanes: queue::Lanes::new(config.fanout.lanes),
             limiter: ratelimit::GroupLimiter::new(config.limits.clone()),
+            robot_limiter: ratelimit::RobotLimiter::default(),
             hub: Arc::new(hub::Hub::default()),
             ids: ids::IdGenerator::new(),
             store,
@@ -104,6 +112,7 @@ pub async fn run(
         .map(|lane| tokio::spawn(queue::worker_loop(app.clone(), lane, shutdown.clone())))
         .collect();
     let router = api::router(app.clone());
+    let router = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await?;

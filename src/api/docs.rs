@@ -69,6 +69,8 @@ pub struct EventDoc {
         super::messages::post_message, super::messages::get_message,
         super::messages::recall_message, super::messages::update_message,
         super::live::sync_events, super::live::stream, super::live::websocket,
+        super::robots::create_robot, super::robots::list_robots, super::robots::get_robot,
+        super::robots::update_robot, super::robots::delete_robot, super::robots::rotate_robot,
     ),
     components(schemas(crate::error::ErrorBody, MessageDoc, EventDoc)),
     modifiers(&BearerAuth),

@@ -6,6 +6,7 @@
 //! member's inbox with its pts counter. Nothing here talks HTTP or wakes connections.
 
 mod postgres;
+mod robots;
 mod shared;
 mod sqlite;
 
@@ -22,6 +23,7 @@ use crate::model::{
 };
 
 pub use postgres::PgStore;
+pub use robots::RobotStore;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -176,9 +178,9 @@ pub struct Page<T> {
 
 /// herald's storage: one narrow trait per area, each implemented by both backends.
 /// Add an area by adding its trait to this list.
-pub trait Store: CoreStore {}
+pub trait Store: CoreStore + RobotStore {}
 
-impl<T: CoreStore> Store for T {}
+impl<T: CoreStore + RobotStore> Store for T {}
 
 /// The core: tenancy, people, conversations, messages, the task queue and the inboxes.
 /// Every method that takes an `OrgId` only ever sees that org's rows.

@@ -36,11 +36,11 @@ impl PgStore {
         Ok(PgStore { pool })
     }
 
-    fn writer(&self) -> &PgPool {
+    pub(super) fn writer(&self) -> &PgPool {
         &self.pool
     }
 
-    fn reader(&self) -> &PgPool {
+    pub(super) fn reader(&self) -> &PgPool {
         &self.pool
     }
 

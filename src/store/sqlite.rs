@@ -56,11 +56,11 @@ impl SqliteStore {
         Ok(SqliteStore { writer, reader })
     }
 
-    fn writer(&self) -> &SqlitePool {
+    pub(super) fn writer(&self) -> &SqlitePool {
         &self.writer
     }
 
-    fn reader(&self) -> &SqlitePool {
+    pub(super) fn reader(&self) -> &SqlitePool {
         &self.reader
     }
 
