@@ -88,15 +88,22 @@ impl Filters {
         self.events.admits(&event.event)
             && f.branch.as_deref().is_none_or(|b| self.branches.admits(b))
             && f.tag.as_deref().is_none_or(|t| self.tags.admits(t))
-            && (f.paths.is_empty() || self.paths.include.is_empty() && self.paths.exclude.is_empty()
+            && (f.paths.is_empty()
+                || self.paths.include.is_empty() && self.paths.exclude.is_empty()
                 || f.paths.iter().any(|p| self.paths.admits(p)))
             && self.labels.admits(&f.labels)
             && self.actors.admits(f.actor.as_deref(), f.actor_is_bot)
-            && self.draft.is_none_or(|want| f.draft.is_none_or(|d| d == want))
+            && self
+                .draft
+                .is_none_or(|want| f.draft.is_none_or(|d| d == want))
             && (self.conclusions.is_empty()
-                || f.conclusion.as_deref().is_none_or(|c| contains_ci(&self.conclusions, c)))
+                || f.conclusion
+                    .as_deref()
+                    .is_none_or(|c| contains_ci(&self.conclusions, c)))
             && (self.severities.is_empty()
-                || f.severity.as_deref().is_none_or(|s| contains_ci(&self.severities, s)))
+                || f.severity
+                    .as_deref()
+                    .is_none_or(|s| contains_ci(&self.severities, s)))
     }
 }
 
@@ -159,7 +166,11 @@ mod tests {
     use serde_json::json;
 
     fn event(name: &str, facts: Facts) -> Normalized {
-        Normalized { event: name.into(), facts, ..Default::default() }
+        Normalized {
+            event: name.into(),
+            facts,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -180,21 +191,48 @@ mod tests {
             "conclusions": ["failure"]
         }))
         .unwrap();
-        let main = Facts { branch: Some("main".into()), ..Default::default() };
+        let main = Facts {
+            branch: Some("main".into()),
+            ..Default::default()
+        };
         assert!(f.admits(&event("push", main.clone())));
-        assert!(!f.admits(&event("push", Facts { branch: Some("dev".into()), ..Default::default() })));
+        assert!(!f.admits(&event(
+            "push",
+            Facts {
+                branch: Some("dev".into()),
+                ..Default::default()
+            }
+        )));
         assert!(!f.admits(&event("pull_request.labeled", main.clone())));
-        assert!(!f.admits(&event("push", Facts { actor_is_bot: true, ..main.clone() })));
-        let ok = Facts { conclusion: Some("success".into()), ..main.clone() };
+        assert!(!f.admits(&event(
+            "push",
+            Facts {
+                actor_is_bot: true,
+                ..main.clone()
+            }
+        )));
+        let ok = Facts {
+            conclusion: Some("success".into()),
+            ..main.clone()
+        };
         assert!(!f.admits(&event("workflow_run.completed", ok)));
-        let failed = Facts { conclusion: Some("FAILURE".into()), ..main };
+        let failed = Facts {
+            conclusion: Some("FAILURE".into()),
+            ..main
+        };
         assert!(f.admits(&event("workflow_run.completed", failed)));
-        assert!(f.admits(&event("issues.opened", Facts::default())), "rules about absent facts do not apply");
+        assert!(
+            f.admits(&event("issues.opened", Facts::default())),
+            "rules about absent facts do not apply"
+        );
     }
 
     #[test]
     fn unknown_rules_are_refused() {
         assert!(Filters::parse(&json!({"branch": ["main"]})).is_err());
-        assert_eq!(Filters::parse(&serde_json::Value::Null).unwrap(), Filters::default());
+        assert_eq!(
+            Filters::parse(&serde_json::Value::Null).unwrap(),
+            Filters::default()
+        );
     }
 }

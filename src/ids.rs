@@ -56,7 +56,16 @@ macro_rules! id_type {
     )*};
 }
 
-id_type!(OrgId, UserId, ConversationId, MessageId, EventId, RobotId, BotId, DeliveryId);
+id_type!(
+    OrgId,
+    UserId,
+    ConversationId,
+    MessageId,
+    EventId,
+    RobotId,
+    BotId,
+    DeliveryId
+);
 
 /// Generates time-ordered, process-unique 63-bit ids: milliseconds since 2024 in the high bits,
 /// a random node number drawn at start and a sequence in the low bits. Messages get their id at

@@ -16,21 +16,21 @@
 
 #![forbid(unsafe_code)]
 
+pub mod adapt;
 pub mod api;
 pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod error;
-pub mod ingress;
-pub mod adapt;
-pub mod render;
 pub mod fanout;
 pub mod filter;
 pub mod hub;
 pub mod ids;
+pub mod ingress;
 pub mod model;
 pub mod queue;
 pub mod ratelimit;
+pub mod render;
 pub mod robot;
 pub mod store;
 pub mod sync;

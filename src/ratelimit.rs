@@ -84,7 +84,13 @@ struct RobotWindow {
 
 impl RobotLimiter {
     /// Admits one message from the robot at `now_ms`.
-    pub fn admit(&self, robot: RobotId, per_minute: u32, throttle_seconds: u32, now_ms: i64) -> bool {
+    pub fn admit(
+        &self,
+        robot: RobotId,
+        per_minute: u32,
+        throttle_seconds: u32,
+        now_ms: i64,
+    ) -> bool {
         let mut map = self.robots.lock().unwrap_or_else(|e| e.into_inner());
         let window = map.entry(robot).or_default();
         if now_ms < window.throttled_until {
@@ -145,6 +151,9 @@ mod tests {
         }
         assert!(!l.admit(r, 20, 600, 100), "the 21st in a minute is refused");
         assert!(!l.admit(r, 20, 600, 61_000), "still throttled");
-        assert!(l.admit(r, 20, 600, 100 + 600_000), "free after the throttle window");
+        assert!(
+            l.admit(r, 20, 600, 100 + 600_000),
+            "free after the throttle window"
+        );
     }
 }

@@ -70,9 +70,12 @@ fn load(dir: &'static Dir<'static>) -> Result<Catalog, String> {
         let name = source.path().to_string_lossy().to_string();
         for file in source.files() {
             let path = file.path().to_string_lossy().to_string();
-            let text = file.contents_utf8().ok_or_else(|| format!("{path} is not UTF-8"))?;
+            let text = file
+                .contents_utf8()
+                .ok_or_else(|| format!("{path} is not UTF-8"))?;
             if path.ends_with("manifest.toml") {
-                let manifest: Manifest = toml::from_str(text).map_err(|e| format!("{path}: {e}"))?;
+                let manifest: Manifest =
+                    toml::from_str(text).map_err(|e| format!("{path}: {e}"))?;
                 manifests.insert(name.clone(), manifest);
             } else if path.ends_with(".j2") {
                 env.add_template(file.path().to_str().unwrap_or_default(), text)
@@ -132,7 +135,12 @@ pub fn render(
         message: e.to_string(),
     };
     let ctx = &event.fields;
-    let title = catalog.env.render_str(&spec.title, ctx).map_err(fail)?.trim().to_string();
+    let title = catalog
+        .env
+        .render_str(&spec.title, ctx)
+        .map_err(fail)?
+        .trim()
+        .to_string();
     let text = match overrides.get(&event.event) {
         Some(template) => catalog.env.render_str(template, ctx).map_err(fail)?,
         None => {
@@ -144,7 +152,12 @@ pub fn render(
     let text = fit(tidy(&text), max_bytes.saturating_sub(title.len() + 512));
     let mut buttons = Vec::new();
     for b in &spec.buttons {
-        let url = catalog.env.render_str(&b.url, ctx).map_err(fail)?.trim().to_string();
+        let url = catalog
+            .env
+            .render_str(&b.url, ctx)
+            .map_err(fail)?
+            .trim()
+            .to_string();
         if !url.is_empty() {
             buttons.push(ActionButton {
                 title: b.title.clone(),
@@ -237,18 +250,26 @@ mod tests {
             assert_eq!(&manifest.source, source);
             for (event, spec) in &manifest.events {
                 let name = format!("{source}/{}", spec.template);
-                assert!(catalog.env.get_template(&name).is_ok(), "{source} {event}: no {name}");
+                assert!(
+                    catalog.env.get_template(&name).is_ok(),
+                    "{source} {event}: no {name}"
+                );
             }
         }
     }
 
     #[test]
     fn fit_keeps_whole_lines() {
-        let text = (0..100).map(|i| format!("- item {i}")).collect::<Vec<_>>().join("\n");
+        let text = (0..100)
+            .map(|i| format!("- item {i}"))
+            .collect::<Vec<_>>()
+            .join("\n");
         let out = fit(text, 200);
         assert!(out.len() <= 200);
         assert!(out.ends_with("more lines"));
-        assert!(out.lines().all(|l| l.is_empty() || l.starts_with("- item") || l.starts_with('…')));
+        assert!(out
+            .lines()
+            .all(|l| l.is_empty() || l.starts_with("- item") || l.starts_with('…')));
     }
 
     #[test]

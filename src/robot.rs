@@ -54,7 +54,10 @@ impl RobotKind {
 
     /// Alert senders open incidents (the escalation issue builds on this).
     pub fn is_alerting(self) -> bool {
-        matches!(self, RobotKind::Alertmanager | RobotKind::Grafana | RobotKind::Pagerduty)
+        matches!(
+            self,
+            RobotKind::Alertmanager | RobotKind::Grafana | RobotKind::Pagerduty
+        )
     }
 }
 

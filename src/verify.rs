@@ -50,13 +50,18 @@ fn scheme_of(raw: &RawWebhook<Unverified>) -> Scheme<'_> {
         (RobotKind::Custom, Some(s)) if robot.spec.security.sign => Scheme::DingTalk(s),
         (RobotKind::Github, Some(s)) => Scheme::GitHub(s),
         (RobotKind::Gitlab, Some(s)) => Scheme::GitLabToken(s),
-        (RobotKind::Alertmanager | RobotKind::Grafana | RobotKind::Slack, Some(s)) => Scheme::Bearer(s),
+        (RobotKind::Alertmanager | RobotKind::Grafana | RobotKind::Slack, Some(s)) => {
+            Scheme::Bearer(s)
+        }
         _ => Scheme::TokenOnly,
     }
 }
 
 /// Checks the sender's address and signature.
-pub fn verify(raw: RawWebhook<Unverified>, now_ms: i64) -> Result<RawWebhook<Verified>, VerifyError> {
+pub fn verify(
+    raw: RawWebhook<Unverified>,
+    now_ms: i64,
+) -> Result<RawWebhook<Verified>, VerifyError> {
     check_ip(&raw)?;
     match scheme_of(&raw) {
         Scheme::DingTalk(secret) => check_dingtalk(&raw, secret, now_ms)?,
@@ -100,11 +105,18 @@ pub fn dingtalk_sign(secret: &str, timestamp_ms: i64) -> String {
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
-fn check_dingtalk(raw: &RawWebhook<Unverified>, secret: &str, now_ms: i64) -> Result<(), VerifyError> {
+fn check_dingtalk(
+    raw: &RawWebhook<Unverified>,
+    secret: &str,
+    now_ms: i64,
+) -> Result<(), VerifyError> {
     let (Some(ts), Some(sign)) = (raw.query.get("timestamp"), raw.query.get("sign")) else {
         return Err(VerifyError::SignMissing);
     };
-    let ts: i64 = ts.trim().parse().map_err(|_| VerifyError::TimestampInvalid)?;
+    let ts: i64 = ts
+        .trim()
+        .parse()
+        .map_err(|_| VerifyError::TimestampInvalid)?;
     if (now_ms - ts).abs() > SIGN_WINDOW_MS {
         return Err(VerifyError::TimestampInvalid);
     }
@@ -120,26 +132,39 @@ fn check_github(raw: &RawWebhook<Unverified>, secret: &str) -> Result<(), Verify
     let header = raw
         .header("x-hub-signature-256")
         .ok_or_else(|| VerifyError::Signature("missing X-Hub-Signature-256".into()))?;
-    let hex = header
-        .strip_prefix("sha256=")
-        .ok_or_else(|| VerifyError::Signature("X-Hub-Signature-256 must start with sha256=".into()))?;
+    let hex = header.strip_prefix("sha256=").ok_or_else(|| {
+        VerifyError::Signature("X-Hub-Signature-256 must start with sha256=".into())
+    })?;
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
     mac.update(&raw.body);
     let expected = crate::robot::hex(&mac.finalize().into_bytes());
-    if bool::from(expected.as_bytes().ct_eq(hex.trim().to_ascii_lowercase().as_bytes())) {
+    if bool::from(
+        expected
+            .as_bytes()
+            .ct_eq(hex.trim().to_ascii_lowercase().as_bytes()),
+    ) {
         Ok(())
     } else {
-        Err(VerifyError::Signature("X-Hub-Signature-256 does not match the body".into()))
+        Err(VerifyError::Signature(
+            "X-Hub-Signature-256 does not match the body".into(),
+        ))
     }
 }
 
-fn check_header_secret(raw: &RawWebhook<Unverified>, header: &str, secret: &str, prefix: &str) -> Result<(), VerifyError> {
+fn check_header_secret(
+    raw: &RawWebhook<Unverified>,
+    header: &str,
+    secret: &str,
+    prefix: &str,
+) -> Result<(), VerifyError> {
     let given = raw.header(header).unwrap_or_default();
     let expected = format!("{prefix}{secret}");
     if !given.is_empty() && bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
         Ok(())
     } else {
-        Err(VerifyError::Signature(format!("missing or wrong {header} header")))
+        Err(VerifyError::Signature(format!(
+            "missing or wrong {header} header"
+        )))
     }
 }
 

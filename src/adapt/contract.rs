@@ -14,7 +14,9 @@ use crate::robot::{Robot, RobotKind, RobotSpec};
 
 /// The shared fixtures folder (`../shared/fixtures/<source>`).
 pub fn fixtures_dir(source: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures").join(source)
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures")
+        .join(source)
 }
 
 /// A test robot of `kind` with no secret.
@@ -40,7 +42,13 @@ pub fn verified(kind: RobotKind, headers: &[(&str, &str)], body: Vec<u8>) -> Raw
             map.insert(n, v);
         }
     }
-    let raw = RawWebhook::new(robot(kind), map, BTreeMap::new(), body.into(), IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let raw = RawWebhook::new(
+        robot(kind),
+        map,
+        BTreeMap::new(),
+        body.into(),
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+    );
     crate::verify::verify(raw, 0).expect("a robot without secret or ranges verifies")
 }
 
@@ -49,19 +57,36 @@ pub fn check(case: &str, raw: &RawWebhook<Verified>) -> Adapted {
     let source = raw.robot.kind.as_str();
     let first = adapt(raw).unwrap_or_else(|e| panic!("{source}/{case}: {e}"));
     let again = adapt(raw).expect("adapts twice");
-    let keys = |a: &Adapted| a.events.iter().map(|e| e.dedupe_key.clone()).collect::<Vec<_>>();
-    assert_eq!(keys(&first), keys(&again), "{source}/{case}: dedupe keys must be stable");
+    let keys = |a: &Adapted| {
+        a.events
+            .iter()
+            .map(|e| e.dedupe_key.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        keys(&first),
+        keys(&again),
+        "{source}/{case}: dedupe keys must be stable"
+    );
     let mut rendered = Vec::new();
     for event in &first.events {
-        assert!(!event.event.is_empty(), "{source}/{case}: an event without a name");
+        assert!(
+            !event.event.is_empty(),
+            "{source}/{case}: an event without a name"
+        );
         let content = match &event.content {
             Some(c) => Some(c.clone()),
             None => crate::render::render(source, event, &BTreeMap::new(), 20_000)
                 .unwrap_or_else(|e| panic!("{source}/{case}: {e}")),
         };
         if let Some(content) = &content {
-            content.validate().unwrap_or_else(|e| panic!("{source}/{case}: {e}"));
-            assert!(content.body_json().to_string().len() <= 20_000, "{source}/{case}: too long");
+            content
+                .validate()
+                .unwrap_or_else(|e| panic!("{source}/{case}: {e}"));
+            assert!(
+                content.body_json().to_string().len() <= 20_000,
+                "{source}/{case}: too long"
+            );
         }
         rendered.push(serde_json::json!({
             "event": event.event,
@@ -79,7 +104,13 @@ pub fn check(case: &str, raw: &RawWebhook<Verified>) -> Adapted {
             }),
         }));
     }
-    let reply = first.reply.as_ref().map(|r| serde_json::json!({"status": r.status, "body": r.body}));
-    insta::assert_json_snapshot!(format!("{source}__{case}"), serde_json::json!({"events": rendered, "reply": reply}));
+    let reply = first
+        .reply
+        .as_ref()
+        .map(|r| serde_json::json!({"status": r.status, "body": r.body}));
+    insta::assert_json_snapshot!(
+        format!("{source}__{case}"),
+        serde_json::json!({"events": rendered, "reply": reply})
+    );
     first
 }

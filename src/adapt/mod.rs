@@ -91,7 +91,9 @@ pub fn adapt(raw: &RawWebhook<Verified>) -> Result<Adapted, AdaptError> {
         RobotKind::Grafana => grafana::adapt(raw),
         RobotKind::Pagerduty => pagerduty::adapt(raw),
         RobotKind::Slack => slack::adapt(raw),
-        other @ (RobotKind::Custom | RobotKind::Plugin) => Err(AdaptError::NoAdapter(other.as_str())),
+        other @ (RobotKind::Custom | RobotKind::Plugin) => {
+            Err(AdaptError::NoAdapter(other.as_str()))
+        }
     }
 }
 
@@ -119,11 +121,15 @@ pub fn json_body(raw: &RawWebhook<Verified>) -> Result<serde_json::Value, AdaptE
     if value.is_object() {
         Ok(value)
     } else {
-        Err(AdaptError::BadPayload("the JSON body must be an object".into()))
+        Err(AdaptError::BadPayload(
+            "the JSON body must be an object".into(),
+        ))
     }
 }
 
 /// A string field at a JSON pointer, or "".
 pub fn text<'a>(v: &'a serde_json::Value, pointer: &str) -> &'a str {
-    v.pointer(pointer).and_then(|x| x.as_str()).unwrap_or_default()
+    v.pointer(pointer)
+        .and_then(|x| x.as_str())
+        .unwrap_or_default()
 }

@@ -1,6 +1,6 @@
 //! The slack adapter (being built: see issue 3).
 
-use super::{Adapted, AdaptError};
+use super::{AdaptError, Adapted};
 use crate::ingress::{RawWebhook, Verified};
 
 pub fn adapt(_raw: &RawWebhook<Verified>) -> Result<Adapted, AdaptError> {

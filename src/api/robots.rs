@@ -19,7 +19,10 @@ use crate::AppState;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/robots", post(create_robot).get(list_robots))
-        .route("/robots/{id}", get(get_robot).patch(update_robot).delete(delete_robot))
+        .route(
+            "/robots/{id}",
+            get(get_robot).patch(update_robot).delete(delete_robot),
+        )
         .route("/robots/{id}/rotate", post(rotate_robot))
 }
 
@@ -96,7 +99,9 @@ fn validate(spec: &RobotSpec) -> Result<(), ApiError> {
         return Err(ApiError::bad_request("at most 10 keywords"));
     }
     if let Some(bad) = security.ip_ranges.iter().find(|r| parse_range(r).is_none()) {
-        return Err(ApiError::bad_request(format!("invalid ip range {bad:?} (CIDR or address)")));
+        return Err(ApiError::bad_request(format!(
+            "invalid ip range {bad:?} (CIDR or address)"
+        )));
     }
     if spec.rate_per_minute == 0 || spec.rate_per_minute > 100_000 {
         return Err(ApiError::bad_request("rate_per_minute must be 1 to 100000"));
@@ -112,7 +117,11 @@ fn validate(spec: &RobotSpec) -> Result<(), ApiError> {
 
 /// The secret a new robot gets: DingTalk's `SEC…` for signed custom robots, a random one for
 /// GitHub and GitLab unless given, the given one otherwise.
-fn initial_secret(kind: RobotKind, sign: bool, given: Option<String>) -> Result<Option<String>, ApiError> {
+fn initial_secret(
+    kind: RobotKind,
+    sign: bool,
+    given: Option<String>,
+) -> Result<Option<String>, ApiError> {
     if let Some(s) = &given {
         if s.len() < 8 || s.len() > 256 {
             return Err(ApiError::bad_request("secret must be 8 to 256 characters"));
@@ -120,7 +129,9 @@ fn initial_secret(kind: RobotKind, sign: bool, given: Option<String>) -> Result<
     }
     Ok(match kind {
         RobotKind::Custom if sign => Some(given.unwrap_or_else(robot::new_dingtalk_secret)),
-        RobotKind::Github | RobotKind::Gitlab => Some(given.unwrap_or_else(robot::new_shared_secret)),
+        RobotKind::Github | RobotKind::Gitlab => {
+            Some(given.unwrap_or_else(robot::new_shared_secret))
+        }
         _ => given,
     })
 }
@@ -139,7 +150,9 @@ pub(crate) async fn create_robot(
     if name.is_empty() || name.chars().count() > 64 {
         return Err(ApiError::bad_request("name must be 1 to 64 characters"));
     }
-    app.store.get_conversation(caller.org(), body.conversation_id).await?;
+    app.store
+        .get_conversation(caller.org(), body.conversation_id)
+        .await?;
     let defaults = RobotSpec::default();
     let spec = RobotSpec {
         security: body.security.unwrap_or_default(),
@@ -186,10 +199,19 @@ pub(crate) async fn list_robots(
     Query(page): Query<PageParams>,
 ) -> Result<Json<RobotList>, ApiError> {
     let limit = page.limit()?;
-    let rows = app.store.list_robots(caller.org(), page.after::<RobotId>()?, limit + 1).await?;
+    let rows = app
+        .store
+        .list_robots(caller.org(), page.after::<RobotId>()?, limit + 1)
+        .await?;
     let (robots, next_cursor) = paginate(rows, limit, |r| r.id.to_string());
-    let robots = robots.into_iter().map(|r| RobotView::of(&app, r, false)).collect();
-    Ok(Json(RobotList { robots, next_cursor }))
+    let robots = robots
+        .into_iter()
+        .map(|r| RobotView::of(&app, r, false))
+        .collect();
+    Ok(Json(RobotList {
+        robots,
+        next_cursor,
+    }))
 }
 
 /// One robot (without its secret).
@@ -242,14 +264,25 @@ pub(crate) async fn update_robot(
         robot.name = name.trim().to_string();
     }
     if let Some(conversation) = patch.conversation_id {
-        app.store.get_conversation(caller.org(), conversation).await?;
+        app.store
+            .get_conversation(caller.org(), conversation)
+            .await?;
         robot.conversation_id = conversation;
     }
     let spec = &mut robot.spec;
     macro_rules! take {
         ($($field:ident),*) => {$( if let Some(v) = patch.$field { spec.$field = v; } )*};
     }
-    take!(security, filters, templates, rate_per_minute, throttle_seconds, grouping, alerting, config);
+    take!(
+        security,
+        filters,
+        templates,
+        rate_per_minute,
+        throttle_seconds,
+        grouping,
+        alerting,
+        config
+    );
     if patch.escalation_policy_id.is_some() {
         spec.escalation_policy_id = patch.escalation_policy_id;
     }
@@ -259,7 +292,8 @@ pub(crate) async fn update_robot(
     validate(&robot.spec)?;
     if let Some(secret) = patch.secret {
         robot.secret = initial_secret(robot.kind, robot.spec.security.sign, Some(secret))?;
-    } else if robot.kind == RobotKind::Custom && robot.spec.security.sign && robot.secret.is_none() {
+    } else if robot.kind == RobotKind::Custom && robot.spec.security.sign && robot.secret.is_none()
+    {
         robot.secret = Some(robot::new_dingtalk_secret());
     }
     app.store.save_robot(&robot).await?;

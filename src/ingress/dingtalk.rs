@@ -84,17 +84,25 @@ pub async fn send(
         Err(e) => {
             tracing::info!(robot.id = %robot_id, error = %e, "robot request refused");
             let msg = match e {
-                VerifyError::SignMissing | VerifyError::TimestampInvalid => "invalid timestamp".to_string(),
+                VerifyError::SignMissing | VerifyError::TimestampInvalid => {
+                    "invalid timestamp".to_string()
+                }
                 other => other.to_string(),
             };
             return reply(codes::SECURITY, msg);
         }
     };
     if verified.body.len() > MAX_BODY {
-        return reply(codes::TOO_LONG, format!("message too long, exceed {MAX_BODY} bytes"));
+        return reply(
+            codes::TOO_LONG,
+            format!("message too long, exceed {MAX_BODY} bytes"),
+        );
     }
     if !verified.content_type().contains("json") {
-        return reply(codes::BAD_CONTENT_TYPE, "invalid HTTP header Content-Type, expected application/json");
+        return reply(
+            codes::BAD_CONTENT_TYPE,
+            "invalid HTTP header Content-Type, expected application/json",
+        );
     }
     let outgoing = match parse(&verified.body) {
         Ok(o) => o,
@@ -132,7 +140,8 @@ fn parse(body: &[u8]) -> Result<Outgoing, String> {
         .rest
         .remove(&msgtype)
         .ok_or_else(|| format!("missing parameter {msgtype}"))?;
-    let content = Content::from_parts(&msgtype, object).map_err(|e| format!("invalid {msgtype}: {e}"))?;
+    let content =
+        Content::from_parts(&msgtype, object).map_err(|e| format!("invalid {msgtype}: {e}"))?;
     content.validate()?;
     Ok(Outgoing {
         content,
@@ -148,12 +157,17 @@ mod tests {
 
     #[test]
     fn parses_every_captured_client_body() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/dingtalk");
-        let Ok(entries) = std::fs::read_dir(&dir) else { return };
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/dingtalk");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
         for entry in entries.flatten() {
             let fixture: serde_json::Value =
                 serde_json::from_slice(&std::fs::read(entry.path()).unwrap()).unwrap();
-            let Some(raw) = fixture["request"]["body_raw"].as_str() else { continue };
+            let Some(raw) = fixture["request"]["body_raw"].as_str() else {
+                continue;
+            };
             if let Err(e) = parse(raw.as_bytes()) {
                 panic!("{}: {e}", entry.path().display());
             }
@@ -162,8 +176,12 @@ mod tests {
 
     #[test]
     fn unknown_msgtype_and_missing_object_are_clear() {
-        assert!(parse(br#"{"msgtype":"video"}"#).unwrap_err().contains("video"));
-        assert!(parse(br#"{"text":{"content":"x"}}"#).unwrap_err().contains("msgtype"));
+        assert!(parse(br#"{"msgtype":"video"}"#)
+            .unwrap_err()
+            .contains("video"));
+        assert!(parse(br#"{"text":{"content":"x"}}"#)
+            .unwrap_err()
+            .contains("msgtype"));
         assert!(parse(b"{").unwrap_err().contains("JSON"));
     }
 }

@@ -60,8 +60,10 @@ pub async fn receive(
             let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
             (status, axum::Json(reply.body)).into_response()
         }
-        None => axum::Json(json!({"errcode": 0, "errmsg": "ok", "posted": posted, "skipped": skipped}))
-            .into_response(),
+        None => {
+            axum::Json(json!({"errcode": 0, "errmsg": "ok", "posted": posted, "skipped": skipped}))
+                .into_response()
+        }
     })
 }
 
@@ -75,9 +77,14 @@ async fn find_robot(app: &AppState, kind: &str, token: &str) -> Result<Robot, Ap
 }
 
 /// Renders and posts one event; false when the source does not render it (counted, not an error).
-async fn deliver(app: &AppState, raw: &RawWebhook<Verified>, event: &Normalized) -> Result<bool, ApiError> {
+async fn deliver(
+    app: &AppState,
+    raw: &RawWebhook<Verified>,
+    event: &Normalized,
+) -> Result<bool, ApiError> {
     let robot = &raw.robot;
-    let filters = crate::filter::Filters::parse(&robot.spec.filters).map_err(ApiError::BadRequest)?;
+    let filters =
+        crate::filter::Filters::parse(&robot.spec.filters).map_err(ApiError::BadRequest)?;
     if !filters.admits(event) {
         return Ok(false);
     }
@@ -100,15 +107,25 @@ async fn deliver(app: &AppState, raw: &RawWebhook<Verified>, event: &Normalized)
 
 /// The grouping engine: the first event about an object posts its card; later ones update the
 /// card in place and/or add a threaded follow-up, as the robot's `grouping` says.
-async fn group_and_post(app: &AppState, robot: &Robot, event: &Normalized, content: Content) -> Result<(), ApiError> {
-    let key = event.object_key.as_deref().filter(|_| robot.spec.grouping != Grouping::Off);
+async fn group_and_post(
+    app: &AppState,
+    robot: &Robot,
+    event: &Normalized,
+    content: Content,
+) -> Result<(), ApiError> {
+    let key = event
+        .object_key
+        .as_deref()
+        .filter(|_| robot.spec.grouping != Grouping::Off);
     let Some(key) = key else {
         post_one(app, robot, event, content, None).await?;
         return Ok(());
     };
     let card = app.store.robot_card(robot.id, key).await?;
     let updated = match card {
-        Some(card) if robot.spec.grouping != Grouping::Thread => update_card(app, robot, card, &content).await?,
+        Some(card) if robot.spec.grouping != Grouping::Thread => {
+            update_card(app, robot, card, &content).await?
+        }
         _ => false,
     };
     if card.is_none() || !updated || robot.spec.grouping != Grouping::Card {
@@ -122,7 +139,12 @@ async fn group_and_post(app: &AppState, robot: &Robot, event: &Normalized, conte
     Ok(())
 }
 
-async fn update_card(app: &AppState, robot: &Robot, card: crate::ids::MessageId, content: &Content) -> Result<bool, ApiError> {
+async fn update_card(
+    app: &AppState,
+    robot: &Robot,
+    card: crate::ids::MessageId,
+    content: &Content,
+) -> Result<bool, ApiError> {
     match app.store.update_message(robot.org_id, card, content).await {
         Ok(()) => {
             app.lanes.poke(robot.conversation_id);
@@ -157,7 +179,9 @@ fn post_error(e: PostError) -> ApiError {
             retry_after_secs: 60,
         },
         PostError::ConversationGone => ApiError::NotFound("the robot's conversation"),
-        PostError::TooLong(max) => ApiError::PayloadTooLarge(format!("message exceeds {max} bytes")),
+        PostError::TooLong(max) => {
+            ApiError::PayloadTooLarge(format!("message exceeds {max} bytes"))
+        }
         PostError::Store(e) => e.into(),
     }
 }

@@ -45,7 +45,13 @@ pub struct RawWebhook<State> {
 }
 
 impl RawWebhook<Unverified> {
-    pub fn new(robot: Robot, headers: HeaderMap, query: BTreeMap<String, String>, body: Bytes, peer: IpAddr) -> Self {
+    pub fn new(
+        robot: Robot,
+        headers: HeaderMap,
+        query: BTreeMap<String, String>,
+        body: Bytes,
+        peer: IpAddr,
+    ) -> Self {
         RawWebhook {
             robot,
             headers,

@@ -8,6 +8,7 @@ use crate::store::{Enqueued, StoreError};
 use crate::{clock, AppState};
 
 /// A message a robot is about to post.
+#[derive(Debug)]
 pub struct Outgoing {
     pub content: Content,
     pub at: At,
@@ -31,7 +32,11 @@ pub enum PostError {
 
 /// Checks the robot's rules and queues the message. Returns its id (or the first one's, for a
 /// repeated dedupe key).
-pub async fn post(app: &AppState, robot: &Robot, outgoing: Outgoing) -> Result<Enqueued, PostError> {
+pub async fn post(
+    app: &AppState,
+    robot: &Robot,
+    outgoing: Outgoing,
+) -> Result<Enqueued, PostError> {
     check_keywords(robot, &outgoing.content)?;
     let size = outgoing.content.body_json().to_string().len();
     if size > app.config.http.max_message_bytes {
@@ -39,7 +44,12 @@ pub async fn post(app: &AppState, robot: &Robot, outgoing: Outgoing) -> Result<E
     }
     conversation_exists(app, robot).await?;
     let now = clock::now_ms();
-    if !app.robot_limiter.admit(robot.id, robot.spec.rate_per_minute, robot.spec.throttle_seconds, now) {
+    if !app.robot_limiter.admit(
+        robot.id,
+        robot.spec.rate_per_minute,
+        robot.spec.throttle_seconds,
+        now,
+    ) {
         return Err(PostError::RateLimited(robot.spec.rate_per_minute));
     }
     let at = resolve_mentions(app, robot.conversation_id, outgoing.at).await?;
@@ -55,7 +65,9 @@ pub async fn post(app: &AppState, robot: &Robot, outgoing: Outgoing) -> Result<E
         content: outgoing.content,
         at,
         thread_key: outgoing.thread_key,
-        dedupe_key: outgoing.dedupe_key.map(|k| format!("robot:{}:{k}", robot.id)),
+        dedupe_key: outgoing
+            .dedupe_key
+            .map(|k| format!("robot:{}:{k}", robot.id)),
         recalled: false,
         created_at_ms: now,
     };
@@ -72,7 +84,10 @@ fn check_keywords(robot: &Robot, content: &Content) -> Result<(), PostError> {
         return Ok(());
     }
     let text = content.plain_text();
-    if keywords.iter().any(|k| !k.is_empty() && text.contains(k.as_str())) {
+    if keywords
+        .iter()
+        .any(|k| !k.is_empty() && text.contains(k.as_str()))
+    {
         Ok(())
     } else {
         Err(PostError::KeywordMissing)
@@ -80,7 +95,11 @@ fn check_keywords(robot: &Robot, content: &Content) -> Result<(), PostError> {
 }
 
 async fn conversation_exists(app: &AppState, robot: &Robot) -> Result<(), PostError> {
-    match app.store.get_conversation(robot.org_id, robot.conversation_id).await {
+    match app
+        .store
+        .get_conversation(robot.org_id, robot.conversation_id)
+        .await
+    {
         Ok(_) => Ok(()),
         Err(StoreError::NotFound(_)) => Err(PostError::ConversationGone),
         Err(e) => Err(e.into()),
@@ -88,13 +107,25 @@ async fn conversation_exists(app: &AppState, robot: &Robot) -> Result<(), PostEr
 }
 
 /// Mentions by id or mobile become mentions of the conversation's members.
-pub async fn resolve_mentions(app: &AppState, conversation: ConversationId, at: At) -> Result<At, StoreError> {
+pub async fn resolve_mentions(
+    app: &AppState,
+    conversation: ConversationId,
+    at: At,
+) -> Result<At, StoreError> {
     if at.at_user_ids.is_empty() && at.at_mobiles.is_empty() {
         return Ok(at);
     }
-    let ids: Vec<UserId> = at.at_user_ids.iter().filter_map(|s| s.parse().ok()).take(1000).collect();
+    let ids: Vec<UserId> = at
+        .at_user_ids
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .take(1000)
+        .collect();
     let mobiles: Vec<String> = at.at_mobiles.iter().take(1000).cloned().collect();
-    let found = app.store.members_among(conversation, &ids, &mobiles).await?;
+    let found = app
+        .store
+        .members_among(conversation, &ids, &mobiles)
+        .await?;
     Ok(At {
         at_user_ids: found.iter().map(|u| u.to_string()).collect(),
         at_mobiles: at.at_mobiles,

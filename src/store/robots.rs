@@ -15,16 +15,27 @@ pub trait RobotStore: Send + Sync {
     async fn get_robot(&self, org: OrgId, id: RobotId) -> Result<Robot>;
     /// The robot a webhook URL names, in any org: the token is the credential.
     async fn robot_by_token(&self, token: &str) -> Result<Option<Robot>>;
-    async fn list_robots(&self, org: OrgId, after: Option<RobotId>, limit: i64) -> Result<Vec<Robot>>;
+    async fn list_robots(
+        &self,
+        org: OrgId,
+        after: Option<RobotId>,
+        limit: i64,
+    ) -> Result<Vec<Robot>>;
     /// Writes back name, conversation, token, secret and spec.
     async fn save_robot(&self, robot: &Robot) -> Result<()>;
     async fn delete_robot(&self, org: OrgId, id: RobotId) -> Result<()>;
     /// The card message of a grouped object, if one was posted.
     async fn robot_card(&self, robot: RobotId, object_key: &str) -> Result<Option<MessageId>>;
-    async fn set_robot_card(&self, robot: RobotId, object_key: &str, message: MessageId) -> Result<()>;
+    async fn set_robot_card(
+        &self,
+        robot: RobotId,
+        object_key: &str,
+        message: MessageId,
+    ) -> Result<()>;
 }
 
-const COLUMNS: &str = "id, org_id, kind, conversation_id, name, access_token, secret, spec, created_at";
+const COLUMNS: &str =
+    "id, org_id, kind, conversation_id, name, access_token, secret, spec, created_at";
 
 macro_rules! robot_store_impl {
     ($store:ty, $row:ty) => {
