@@ -159,9 +159,8 @@ mod tests {
     fn parses_every_captured_client_body() {
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/dingtalk");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return;
-        };
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let mut parsed = 0;
         for entry in entries.flatten() {
             let fixture: serde_json::Value =
                 serde_json::from_slice(&std::fs::read(entry.path()).unwrap()).unwrap();
@@ -171,7 +170,9 @@ mod tests {
             if let Err(e) = parse(raw.as_bytes()) {
                 panic!("{}: {e}", entry.path().display());
             }
+            parsed += 1;
         }
+        assert!(parsed >= 10, "only {parsed} captured bodies found");
     }
 
     #[test]
