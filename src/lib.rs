@@ -107,6 +107,9 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut config = config;
+    // With port 0 the real port is known only now; webhook URLs are built from it.
+    config.listen = listener.local_addr()?;
     let app = AppState::new(config, store, signing_key, shutdown.clone());
     let workers: Vec<_> = (0..app.lanes.count())
         .map(|lane| tokio::spawn(queue::worker_loop(app.clone(), lane, shutdown.clone())))

@@ -7,4 +7,5 @@ mod big_group;
 mod crash;
 mod isolation;
 mod live;
+mod robots;
 mod story;
