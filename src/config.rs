@@ -16,6 +16,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub database_url: String,
+    /// The base URL senders use to reach herald (webhook URLs are built from it).
+    pub public_url: String,
     pub http: HttpConfig,
     pub auth: AuthConfig,
     pub fanout: FanoutConfig,
@@ -193,6 +195,15 @@ impl Config {
             bail!("outgoing.retry_schedule_seconds must be non-negative numbers");
         }
         Ok(())
+    }
+
+    /// `public_url` without a trailing slash, or the listen address when unset.
+    pub fn public_base_url(&self) -> String {
+        if self.public_url.is_empty() {
+            format!("http://{}", self.listen)
+        } else {
+            self.public_url.trim_end_matches('/').to_string()
+        }
     }
 
     /// True when the store is PostgreSQL rather than the embedded SQLite file.

@@ -62,6 +62,7 @@ id_type!(
     ConversationId,
     MessageId,
     EventId,
+    RobotId,
     BotId,
     DeliveryId
 );

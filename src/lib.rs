@@ -19,20 +19,26 @@
 
 #![forbid(unsafe_code)]
 
+pub mod adapt;
 pub mod api;
 pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod error;
 pub mod fanout;
+pub mod filter;
 pub mod hub;
 pub mod ids;
+pub mod ingress;
 pub mod model;
 pub mod outgoing;
 pub mod queue;
 pub mod ratelimit;
+pub mod render;
+pub mod robot;
 pub mod store;
 pub mod sync;
+pub mod verify;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -53,6 +59,7 @@ pub struct Shared {
     pub limiter: ratelimit::GroupLimiter,
     /// Outgoing bots: the guarded callback client, wake-ups and per-bot slots.
     pub outgoing: Arc<outgoing::Outgoing>,
+    pub robot_limiter: ratelimit::RobotLimiter,
     /// Cancelled on shutdown: live streams end so the server can drain.
     pub shutdown: CancellationToken,
 }
@@ -85,6 +92,7 @@ impl AppState {
                 outgoing::Outgoing::new(&config.outgoing, signing_key)
                     .expect("outgoing client from a validated config"),
             ),
+            robot_limiter: ratelimit::RobotLimiter::default(),
             hub: Arc::new(hub::Hub::default()),
             ids: ids::IdGenerator::new(),
             store,
@@ -111,6 +119,9 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut config = config;
+    // With port 0 the real port is known only now; webhook URLs are built from it.
+    config.listen = listener.local_addr()?;
     let app = AppState::new(config, store, signing_key, shutdown.clone());
     let workers: Vec<_> = (0..app.lanes.count())
         .map(|lane| tokio::spawn(queue::worker_loop(app.clone(), lane, shutdown.clone())))
@@ -119,6 +130,7 @@ pub async fn run(
     let mut workers = workers;
     workers.extend(outgoing::worker::spawn(app.clone(), shutdown.clone()));
     let router = api::router(app.clone());
+    let router = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await?;

@@ -138,9 +138,28 @@ pub struct ActionCard {
     pub single_url: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub btns: Vec<ActionButton>,
-    /// "0": buttons stacked vertically, "1": side by side (DingTalk's values).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// "0": buttons stacked vertically, "1": side by side (DingTalk's values; clients send
+    /// either a string or a number).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "string_or_number"
+    )]
     pub btn_orientation: Option<String>,
+}
+
+/// Accepts `"1"` and `1` alike.
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Option::<serde_json::Value>::deserialize(d)? {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(s),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        Some(other) => {
+            return Err(serde::de::Error::custom(format!(
+                "btnOrientation must be \"0\" or \"1\", got {other}"
+            )))
+        }
+    })
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]

@@ -1,11 +1,11 @@
 //! Per-group flow control on the receive path. The allowed rate shrinks as a group grows,
 //! because each message to a large group costs one inbox row per member.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use crate::config::LimitsConfig;
-use crate::ids::ConversationId;
+use crate::ids::{ConversationId, RobotId};
 
 /// A GCRA limiter per conversation: smooth rate with a burst of ten seconds' worth.
 pub struct GroupLimiter {
@@ -69,6 +69,45 @@ impl GroupLimiter {
     }
 }
 
+/// DingTalk's robot rule: at most N messages in any 60 seconds, then a throttle window during
+/// which everything is refused.
+#[derive(Default)]
+pub struct RobotLimiter {
+    robots: Mutex<HashMap<RobotId, RobotWindow>>,
+}
+
+#[derive(Default)]
+struct RobotWindow {
+    sent: VecDeque<i64>,
+    throttled_until: i64,
+}
+
+impl RobotLimiter {
+    /// Admits one message from the robot at `now_ms`.
+    pub fn admit(
+        &self,
+        robot: RobotId,
+        per_minute: u32,
+        throttle_seconds: u32,
+        now_ms: i64,
+    ) -> bool {
+        let mut map = self.robots.lock().unwrap_or_else(|e| e.into_inner());
+        let window = map.entry(robot).or_default();
+        if now_ms < window.throttled_until {
+            return false;
+        }
+        while window.sent.front().is_some_and(|t| now_ms - t >= 60_000) {
+            window.sent.pop_front();
+        }
+        if window.sent.len() >= per_minute as usize {
+            window.throttled_until = now_ms + i64::from(throttle_seconds) * 1000;
+            return false;
+        }
+        window.sent.push_back(now_ms);
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +140,20 @@ mod tests {
         assert!(t.retry_after_ms > 0 && t.retry_after_ms <= 1000);
         l.check(c, 10, 1000).unwrap();
         l.check(ConversationId(2), 10, 0).unwrap();
+    }
+
+    #[test]
+    fn robot_limit_then_throttle_window() {
+        let l = RobotLimiter::default();
+        let r = RobotId(1);
+        for i in 0..20 {
+            assert!(l.admit(r, 20, 600, i));
+        }
+        assert!(!l.admit(r, 20, 600, 100), "the 21st in a minute is refused");
+        assert!(!l.admit(r, 20, 600, 61_000), "still throttled");
+        assert!(
+            l.admit(r, 20, 600, 100 + 600_000),
+            "free after the throttle window"
+        );
     }
 }

@@ -73,6 +73,8 @@ pub struct EventDoc {
         super::bots::update_bot, super::bots::delete_bot, super::bots::rotate_secret,
         super::bots::list_deliveries, super::bots::redeliver_one, super::bots::redeliver_failed,
         super::bots::session_reply,
+        super::robots::create_robot, super::robots::list_robots, super::robots::get_robot,
+        super::robots::update_robot, super::robots::delete_robot, super::robots::rotate_robot,
     ),
     components(schemas(crate::error::ErrorBody, MessageDoc, EventDoc)),
     modifiers(&BearerAuth),

@@ -6,6 +6,7 @@ mod conversations;
 mod docs;
 mod live;
 mod messages;
+mod robots;
 mod users;
 
 use axum::extract::DefaultBodyLimit;
@@ -25,10 +26,12 @@ pub fn router(app: AppState) -> Router {
         .merge(messages::router())
         .merge(bots::router())
         .merge(live::router())
+        .merge(robots::router())
         .merge(docs::router());
     Router::new()
         .route("/healthz", get(healthz))
         .nest("/api/v1", api)
+        .merge(crate::ingress::router())
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(app.config.http.max_body_bytes))

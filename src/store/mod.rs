@@ -7,6 +7,7 @@
 
 mod bots;
 mod postgres;
+mod robots;
 mod shared;
 mod sqlite;
 
@@ -24,6 +25,7 @@ use crate::model::{
 
 pub use bots::*;
 pub use postgres::PgStore;
+pub use robots::RobotStore;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -178,9 +180,9 @@ pub struct Page<T> {
 
 /// herald's storage: one narrow trait per area, each implemented by both backends.
 /// Add an area by adding its trait to this list.
-pub trait Store: CoreStore + BotStore {}
+pub trait Store: CoreStore + BotStore + RobotStore {}
 
-impl<T: CoreStore + BotStore> Store for T {}
+impl<T: CoreStore + BotStore + RobotStore> Store for T {}
 
 /// The core: tenancy, people, conversations, messages, the task queue and the inboxes.
 /// Every method that takes an `OrgId` only ever sees that org's rows.

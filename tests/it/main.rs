@@ -8,4 +8,5 @@ mod bots;
 mod crash;
 mod isolation;
 mod live;
+mod robots;
 mod story;

@@ -1,0 +1,116 @@
+//! The shared adapter contract, run by every adapter's tests over its real fixtures: the
+//! adapter accepts the payload, names every event, keeps the dedupe key stable across runs,
+//! renders within the size limit without panicking, and the rendered message is snapshotted.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::{adapt, Adapted};
+use crate::ids::{ConversationId, OrgId, RobotId};
+use crate::ingress::{RawWebhook, Verified};
+use crate::robot::{Robot, RobotKind, RobotSpec};
+
+/// The shared fixtures folder (`../shared/fixtures/<source>`).
+pub fn fixtures_dir(source: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures")
+        .join(source)
+}
+
+/// A test robot of `kind` with no secret.
+pub fn robot(kind: RobotKind) -> Robot {
+    Robot {
+        id: RobotId(7),
+        org_id: OrgId(1),
+        kind,
+        conversation_id: ConversationId(1),
+        name: format!("{} robot", kind.as_str()),
+        access_token: "t".into(),
+        secret: None,
+        spec: RobotSpec::default(),
+        created_at_ms: 0,
+    }
+}
+
+/// A request as it would arrive, already past `verify` (a robot without a secret).
+pub fn verified(kind: RobotKind, headers: &[(&str, &str)], body: Vec<u8>) -> RawWebhook<Verified> {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        if let (Ok(n), Ok(v)) = (HeaderName::try_from(*name), HeaderValue::from_str(value)) {
+            map.insert(n, v);
+        }
+    }
+    let raw = RawWebhook::new(
+        robot(kind),
+        map,
+        BTreeMap::new(),
+        body.into(),
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+    );
+    crate::verify::verify(raw, 0).expect("a robot without secret or ranges verifies")
+}
+
+/// Runs the contract over one fixture and snapshots what it renders. Returns the adaptation.
+pub fn check(case: &str, raw: &RawWebhook<Verified>) -> Adapted {
+    let source = raw.robot.kind.as_str();
+    let first = adapt(raw).unwrap_or_else(|e| panic!("{source}/{case}: {e}"));
+    let again = adapt(raw).expect("adapts twice");
+    let keys = |a: &Adapted| {
+        a.events
+            .iter()
+            .map(|e| e.dedupe_key.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        keys(&first),
+        keys(&again),
+        "{source}/{case}: dedupe keys must be stable"
+    );
+    let mut rendered = Vec::new();
+    for event in &first.events {
+        assert!(
+            !event.event.is_empty(),
+            "{source}/{case}: an event without a name"
+        );
+        let content = match &event.content {
+            Some(c) => Some(c.clone()),
+            None => crate::render::render(source, event, &BTreeMap::new(), 20_000)
+                .unwrap_or_else(|e| panic!("{source}/{case}: {e}")),
+        };
+        if let Some(content) = &content {
+            content
+                .validate()
+                .unwrap_or_else(|e| panic!("{source}/{case}: {e}"));
+            assert!(
+                content.body_json().to_string().len() <= 20_000,
+                "{source}/{case}: too long"
+            );
+        }
+        rendered.push(serde_json::json!({
+            "event": event.event,
+            "object_key": event.object_key,
+            "dedupe_key": event.dedupe_key,
+            "incident_key": event.incident_key,
+            "facts": event.facts,
+            "mention_hints": event.mention_hints,
+            "at": event.at,
+            "message": content.map(|c| {
+                let mut m = serde_json::Map::new();
+                m.insert("msgtype".into(), c.msgtype().into());
+                m.insert(c.msgtype().into(), c.body_json());
+                m
+            }),
+        }));
+    }
+    let reply = first
+        .reply
+        .as_ref()
+        .map(|r| serde_json::json!({"status": r.status, "body": r.body}));
+    insta::assert_json_snapshot!(
+        format!("{source}__{case}"),
+        serde_json::json!({"events": rendered, "reply": reply})
+    );
+    first
+}

@@ -1,0 +1,135 @@
+//! Adapt: one file per sender, each turning a verified webhook into normalized events. An
+//! adapter extracts fields; it does not write message text: that comes from the templates in
+//! `bots/<source>/` (see `render`). Every adapter passes the shared contract test over its real
+//! fixtures (ids set, dedupe key stable, nothing panics).
+
+pub mod alertmanager;
+#[cfg(test)]
+pub mod contract;
+pub mod github;
+pub mod gitlab;
+pub mod grafana;
+pub mod pagerduty;
+pub mod slack;
+
+use serde::Serialize;
+
+use crate::ingress::{RawWebhook, Verified};
+use crate::model::{At, Content};
+use crate::robot::RobotKind;
+
+/// One event from a sender, in herald's terms.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Normalized {
+    /// The manifest's event name, e.g. `pull_request.opened`, `push`, `alert.firing`.
+    pub event: String,
+    /// What templates and filters see: the adapter's normalized fields, not the raw payload.
+    pub fields: serde_json::Value,
+    /// Identifies the delivery: a redelivery with the same key never posts twice.
+    pub dedupe_key: Option<String>,
+    /// The object this event is about (repo#PR, project!MR, pipeline, alert group): later events
+    /// with the same key update its card.
+    pub object_key: Option<String>,
+    /// Normalized facts the filter engine matches on.
+    pub facts: Facts,
+    /// Forge logins and alert label values to map to members for @-mentions.
+    pub mention_hints: Vec<String>,
+    /// An alert's stable key (fingerprint, group key, dedup_key) for incidents.
+    pub incident_key: Option<String>,
+    /// A message already built by the sender (Slack-format senders): templates are skipped.
+    #[serde(skip)]
+    pub content: Option<Content>,
+    #[serde(skip)]
+    pub at: At,
+}
+
+/// What filters can match, the same names for every source.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Facts {
+    pub branch: Option<String>,
+    pub tag: Option<String>,
+    pub labels: Vec<String>,
+    pub actor: Option<String>,
+    pub actor_is_bot: bool,
+    pub draft: Option<bool>,
+    /// CI conclusion: success, failure, cancelled, …
+    pub conclusion: Option<String>,
+    pub severity: Option<String>,
+    pub paths: Vec<String>,
+}
+
+/// An answer the sender expects besides the default (PagerDuty's 202, GitHub's ping).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirectReply {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+/// The adapter's result for one request.
+#[derive(Debug, Clone, Default)]
+pub struct Adapted {
+    pub events: Vec<Normalized>,
+    pub reply: Option<DirectReply>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum AdaptError {
+    #[error("{0}")]
+    BadPayload(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("robots of kind {0} have no built-in adapter")]
+    NoAdapter(&'static str),
+}
+
+/// Routes a verified webhook to its sender's adapter.
+pub fn adapt(raw: &RawWebhook<Verified>) -> Result<Adapted, AdaptError> {
+    match raw.robot.kind {
+        RobotKind::Github => github::adapt(raw),
+        RobotKind::Gitlab => gitlab::adapt(raw),
+        RobotKind::Alertmanager => alertmanager::adapt(raw),
+        RobotKind::Grafana => grafana::adapt(raw),
+        RobotKind::Pagerduty => pagerduty::adapt(raw),
+        RobotKind::Slack => slack::adapt(raw),
+        other @ (RobotKind::Custom | RobotKind::Plugin) => {
+            Err(AdaptError::NoAdapter(other.as_str()))
+        }
+    }
+}
+
+/// Parses a JSON body, or a form body whose `payload` field holds the JSON (GitHub, Slack).
+pub fn json_body(raw: &RawWebhook<Verified>) -> Result<serde_json::Value, AdaptError> {
+    let ctype = raw.content_type();
+    if ctype == "application/x-www-form-urlencoded" {
+        let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&raw.body)
+            .map_err(|e| AdaptError::BadPayload(format!("invalid form body: {e}")))?;
+        let payload = form
+            .into_iter()
+            .find(|(k, _)| k == "payload")
+            .map(|(_, v)| v)
+            .ok_or_else(|| AdaptError::BadPayload("form body without a payload field".into()))?;
+        return serde_json::from_str(&payload)
+            .map_err(|e| AdaptError::BadPayload(format!("invalid JSON in payload: {e}")));
+    }
+    if !(ctype.is_empty() || ctype.contains("json")) {
+        return Err(AdaptError::UnsupportedMediaType(format!(
+            "expected application/json (or a form with payload=), got {ctype}"
+        )));
+    }
+    let value: serde_json::Value = serde_json::from_slice(&raw.body)
+        .map_err(|e| AdaptError::BadPayload(format!("invalid JSON body: {e}")))?;
+    if value.is_object() {
+        Ok(value)
+    } else {
+        Err(AdaptError::BadPayload(
+            "the JSON body must be an object".into(),
+        ))
+    }
+}
+
+/// A string field at a JSON pointer, or "".
+pub fn text<'a>(v: &'a serde_json::Value, pointer: &str) -> &'a str {
+    v.pointer(pointer)
+        .and_then(|x| x.as_str())
+        .unwrap_or_default()
+}

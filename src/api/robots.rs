@@ -1,0 +1,342 @@
+//! Incoming robots: an org admin creates a robot bound to a conversation and gets its webhook
+//! URL and secret (once); filters, templates and security change with PATCH.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{paginate, PageParams};
+use crate::auth::Admin;
+use crate::error::{ApiError, Json, Path, Query};
+use crate::ids::{ConversationId, RobotId};
+use crate::robot::{self, Grouping, NewRobot, Robot, RobotKind, RobotSpec, Security};
+use crate::verify::parse_range;
+use crate::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/robots", post(create_robot).get(list_robots))
+        .route(
+            "/robots/{id}",
+            get(get_robot).patch(update_robot).delete(delete_robot),
+        )
+        .route("/robots/{id}/rotate", post(rotate_robot))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateRobot {
+    kind: RobotKind,
+    conversation_id: ConversationId,
+    name: String,
+    security: Option<Security>,
+    /// GitHub: keys X-Hub-Signature-256 (generated when absent). GitLab: the expected
+    /// X-Gitlab-Token (generated when absent). Others: an optional `Authorization: Bearer` secret.
+    secret: Option<String>,
+    #[schema(value_type = Object)]
+    filters: Option<serde_json::Value>,
+    templates: Option<std::collections::BTreeMap<String, String>>,
+    rate_per_minute: Option<u32>,
+    throttle_seconds: Option<u32>,
+    grouping: Option<Grouping>,
+    alerting: Option<bool>,
+    escalation_policy_id: Option<String>,
+    plugin_id: Option<String>,
+    config: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// A robot as the API shows it; `access_token` and `secret` only when created or rotated.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct RobotView {
+    id: RobotId,
+    kind: RobotKind,
+    conversation_id: ConversationId,
+    name: String,
+    webhook_url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+    has_secret: bool,
+    #[serde(flatten)]
+    spec: RobotSpec,
+    created_at: String,
+}
+
+impl RobotView {
+    fn of(app: &AppState, robot: Robot, reveal: bool) -> RobotView {
+        RobotView {
+            webhook_url: webhook_url(app, &robot),
+            access_token: reveal.then(|| robot.access_token.clone()),
+            secret: if reveal { robot.secret.clone() } else { None },
+            has_secret: robot.secret.is_some(),
+            id: robot.id,
+            kind: robot.kind,
+            conversation_id: robot.conversation_id,
+            name: robot.name,
+            spec: robot.spec,
+            created_at: crate::clock::rfc3339(robot.created_at_ms),
+        }
+    }
+}
+
+/// Where the sender posts: DingTalk's URL shape for custom robots, `/hooks/…` for the others.
+fn webhook_url(app: &AppState, robot: &Robot) -> String {
+    let base = app.config.public_base_url();
+    match robot.kind {
+        RobotKind::Custom => format!("{base}/robot/send?access_token={}", robot.access_token),
+        kind => format!("{base}/hooks/{}/{}", kind.as_str(), robot.access_token),
+    }
+}
+
+/// Checks a spec an admin gave.
+fn validate(spec: &RobotSpec) -> Result<(), ApiError> {
+    let security = &spec.security;
+    if security.keywords.len() > 10 {
+        return Err(ApiError::bad_request("at most 10 keywords"));
+    }
+    if let Some(bad) = security.ip_ranges.iter().find(|r| parse_range(r).is_none()) {
+        return Err(ApiError::bad_request(format!(
+            "invalid ip range {bad:?} (CIDR or address)"
+        )));
+    }
+    if spec.rate_per_minute == 0 || spec.rate_per_minute > 100_000 {
+        return Err(ApiError::bad_request("rate_per_minute must be 1 to 100000"));
+    }
+    for (event, template) in &spec.templates {
+        minijinja::Environment::new()
+            .template_from_str(template)
+            .map_err(|e| ApiError::bad_request(format!("template for {event}: {e}")))?;
+    }
+    crate::filter::Filters::parse(&spec.filters).map_err(ApiError::BadRequest)?;
+    Ok(())
+}
+
+/// The secret a new robot gets: DingTalk's `SEC…` for signed custom robots, a random one for
+/// GitHub and GitLab unless given, the given one otherwise.
+fn initial_secret(
+    kind: RobotKind,
+    sign: bool,
+    given: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    if let Some(s) = &given {
+        if s.len() < 8 || s.len() > 256 {
+            return Err(ApiError::bad_request("secret must be 8 to 256 characters"));
+        }
+    }
+    Ok(match kind {
+        RobotKind::Custom if sign => Some(given.unwrap_or_else(robot::new_dingtalk_secret)),
+        RobotKind::Github | RobotKind::Gitlab => {
+            Some(given.unwrap_or_else(robot::new_shared_secret))
+        }
+        _ => given,
+    })
+}
+
+/// Create a robot bound to a conversation of the org.
+#[utoipa::path(post, path = "/api/v1/robots", tag = "robots", request_body = CreateRobot,
+    responses((status = 201, body = RobotView), (status = 400, body = crate::error::ErrorBody),
+              (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn create_robot(
+    State(app): State<AppState>,
+    Admin(caller): Admin,
+    Json(body): Json<CreateRobot>,
+) -> Result<(StatusCode, Json<RobotView>), ApiError> {
+    let name = body.name.trim().to_string();
+    if name.is_empty() || name.chars().count() > 64 {
+        return Err(ApiError::bad_request("name must be 1 to 64 characters"));
+    }
+    app.store
+        .get_conversation(caller.org(), body.conversation_id)
+        .await?;
+    let defaults = RobotSpec::default();
+    let spec = RobotSpec {
+        security: body.security.unwrap_or_default(),
+        filters: body.filters.unwrap_or(serde_json::Value::Null),
+        templates: body.templates.unwrap_or_default(),
+        rate_per_minute: body.rate_per_minute.unwrap_or(defaults.rate_per_minute),
+        throttle_seconds: body.throttle_seconds.unwrap_or(defaults.throttle_seconds),
+        grouping: body.grouping.unwrap_or_default(),
+        alerting: body.alerting.unwrap_or(body.kind.is_alerting()),
+        escalation_policy_id: body.escalation_policy_id,
+        plugin_id: body.plugin_id,
+        config: body.config.unwrap_or_default(),
+    };
+    validate(&spec)?;
+    let secret = initial_secret(body.kind, spec.security.sign, body.secret)?;
+    let robot = app
+        .store
+        .create_robot(&NewRobot {
+            org_id: caller.org(),
+            kind: body.kind,
+            conversation_id: body.conversation_id,
+            name,
+            access_token: robot::new_access_token(),
+            secret,
+            spec,
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(RobotView::of(&app, robot, true))))
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct RobotList {
+    robots: Vec<RobotView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+/// The org's robots (without secrets).
+#[utoipa::path(get, path = "/api/v1/robots", tag = "robots", params(PageParams),
+    responses((status = 200, body = RobotList)), security(("bearer" = [])))]
+pub(crate) async fn list_robots(
+    State(app): State<AppState>,
+    Admin(caller): Admin,
+    Query(page): Query<PageParams>,
+) -> Result<Json<RobotList>, ApiError> {
+    let limit = page.limit()?;
+    let rows = app
+        .store
+        .list_robots(caller.org(), page.after::<RobotId>()?, limit + 1)
+        .await?;
+    let (robots, next_cursor) = paginate(rows, limit, |r| r.id.to_string());
+    let robots = robots
+        .into_iter()
+        .map(|r| RobotView::of(&app, r, false))
+        .collect();
+    Ok(Json(RobotList {
+        robots,
+        next_cursor,
+    }))
+}
+
+/// One robot (without its secret).
+#[utoipa::path(get, path = "/api/v1/robots/{id}", tag = "robots", params(("id" = String, Path)),
+    responses((status = 200, body = RobotView), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn get_robot(
+    State(app): State<AppState>,
+    Admin(caller): Admin,
+    Path(id): Path<RobotId>,
+) -> Result<Json<RobotView>, ApiError> {
+    let robot = app.store.get_robot(caller.org(), id).await?;
+    Ok(Json(RobotView::of(&app, robot, false)))
+}
+
+/// Changes to a robot; absent fields stay as they are.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PatchRobot {
+    name: Option<String>,
+    conversation_id: Option<ConversationId>,
+    security: Option<Security>,
+    secret: Option<String>,
+    #[schema(value_type = Object)]
+    filters: Option<serde_json::Value>,
+    templates: Option<std::collections::BTreeMap<String, String>>,
+    rate_per_minute: Option<u32>,
+    throttle_seconds: Option<u32>,
+    grouping: Option<Grouping>,
+    alerting: Option<bool>,
+    escalation_policy_id: Option<String>,
+    plugin_id: Option<String>,
+    config: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// Change a robot's filters, templates, security, escalation policy, …
+#[utoipa::path(patch, path = "/api/v1/robots/{id}", tag = "robots", params(("id" = String, Path)),
+    request_body = PatchRobot,
+    responses((status = 200, body = RobotView), (status = 400, body = crate::error::ErrorBody),
+              (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn update_robot(
+    State(app): State<AppState>,
+    Admin(caller): Admin,
+    Path(id): Path<RobotId>,
+    Json(patch): Json<PatchRobot>,
+) -> Result<Json<RobotView>, ApiError> {
+    let mut robot = app.store.get_robot(caller.org(), id).await?;
+    if let Some(name) = patch.name {
+        robot.name = name.trim().to_string();
+    }
+    if let Some(conversation) = patch.conversation_id {
+        app.store
+            .get_conversation(caller.org(), conversation)
+            .await?;
+        robot.conversation_id = conversation;
+    }
+    let spec = &mut robot.spec;
+    macro_rules! take {
+        ($($field:ident),*) => {$( if let Some(v) = patch.$field { spec.$field = v; } )*};
+    }
+    take!(
+        security,
+        filters,
+        templates,
+        rate_per_minute,
+        throttle_seconds,
+        grouping,
+        alerting,
+        config
+    );
+    if patch.escalation_policy_id.is_some() {
+        spec.escalation_policy_id = patch.escalation_policy_id;
+    }
+    if patch.plugin_id.is_some() {
+        spec.plugin_id = patch.plugin_id;
+    }
+    validate(&robot.spec)?;
+    if let Some(secret) = patch.secret {
+        robot.secret = initial_secret(robot.kind, robot.spec.security.sign, Some(secret))?;
+    } else if robot.kind == RobotKind::Custom && robot.spec.security.sign && robot.secret.is_none()
+    {
+        robot.secret = Some(robot::new_dingtalk_secret());
+    }
+    app.store.save_robot(&robot).await?;
+    Ok(Json(RobotView::of(&app, robot, false)))
+}
+
+/// Delete a robot: its URL stops working at once.
+#[utoipa::path(delete, path = "/api/v1/robots/{id}", tag = "robots", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn delete_robot(
+    State(app): State<AppState>,
+    Admin(caller): Admin,
+    Path(id): Path<RobotId>,
+) -> Result<StatusCode, ApiError> {
+    app.store.delete_robot(caller.org(), id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct Rotate {
+    /// Also replace the secret (default true).
+    secret: Option<bool>,
+}
+
+/// Rotate the access token (the old URL stops working) and, by default, the secret.
+#[utoipa::path(post, path = "/api/v1/robots/{id}/rotate", tag = "robots", params(("id" = String, Path), Rotate),
+    responses((status = 200, body = RobotView), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn rotate_robot(
+    State(app): State<AppState>,
+    Admin(caller): Admin,
+    Path(id): Path<RobotId>,
+    Query(params): Query<Rotate>,
+) -> Result<Json<RobotView>, ApiError> {
+    let mut robot = app.store.get_robot(caller.org(), id).await?;
+    robot.access_token = robot::new_access_token();
+    let rotate_secret = params.secret.unwrap_or(true);
+    if rotate_secret && robot.secret.is_some() {
+        robot.secret = initial_secret(robot.kind, robot.spec.security.sign, None)?
+            .or_else(|| Some(robot::new_shared_secret()));
+    }
+    app.store.save_robot(&robot).await?;
+    Ok(Json(RobotView::of(&app, robot, true)))
+}

@@ -1,0 +1,187 @@
+//! `POST /hooks/{kind}/{token}`: webhooks from GitHub, GitLab, Alertmanager, Grafana,
+//! PagerDuty and Slack-format senders. ingress → verify → adapt → render → group → post.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::json;
+
+use super::post::{post, Outgoing, PostError};
+use super::{parse_query, RawWebhook, Verified};
+use crate::adapt::{self, AdaptError, Normalized};
+use crate::error::{ApiError, Path};
+use crate::model::Content;
+use crate::robot::{Grouping, Robot, RobotKind};
+use crate::store::{Enqueued, StoreError};
+use crate::verify::{verify, VerifyError};
+use crate::{clock, render, AppState};
+
+pub async fn receive(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((kind, token)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let robot = find_robot(&app, &kind, &token).await?;
+    let robot_id = robot.id;
+    let raw = RawWebhook::new(robot, headers, parse_query(uri.query()), body, peer.ip());
+    let verified = verify(raw, clock::now_ms()).map_err(|e| {
+        tracing::info!(robot.id = %robot_id, error = %e, "webhook refused");
+        match e {
+            VerifyError::IpNotAllowed(_) => ApiError::Forbidden(e.to_string()),
+            other => ApiError::Unauthorized(other.to_string()),
+        }
+    })?;
+    let adapted = adapt::adapt(&verified).map_err(|e| {
+        tracing::info!(robot.id = %robot_id, error = %e, "webhook not understood");
+        match e {
+            AdaptError::UnsupportedMediaType(m) => ApiError::UnsupportedMediaType(m),
+            other => ApiError::BadRequest(other.to_string()),
+        }
+    })?;
+    let mut posted = 0;
+    let mut skipped = Vec::new();
+    for event in &adapted.events {
+        match deliver(&app, &verified, event).await? {
+            true => posted += 1,
+            false => skipped.push(event.event.clone()),
+        }
+    }
+    if !skipped.is_empty() {
+        tracing::debug!(robot.id = %robot_id, events = ?skipped, "events not rendered");
+    }
+    Ok(match adapted.reply {
+        Some(reply) => {
+            let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+            (status, axum::Json(reply.body)).into_response()
+        }
+        None => {
+            axum::Json(json!({"errcode": 0, "errmsg": "ok", "posted": posted, "skipped": skipped}))
+                .into_response()
+        }
+    })
+}
+
+async fn find_robot(app: &AppState, kind: &str, token: &str) -> Result<Robot, ApiError> {
+    let kind = RobotKind::parse(kind).filter(|k| *k != RobotKind::Custom);
+    let robot = app.store.robot_by_token(token).await?;
+    match (kind, robot) {
+        (Some(kind), Some(robot)) if robot.kind == kind => Ok(robot),
+        _ => Err(ApiError::NotFound("robot")),
+    }
+}
+
+/// Renders and posts one event; false when the source does not render it (counted, not an error).
+async fn deliver(
+    app: &AppState,
+    raw: &RawWebhook<Verified>,
+    event: &Normalized,
+) -> Result<bool, ApiError> {
+    let robot = &raw.robot;
+    let filters =
+        crate::filter::Filters::parse(&robot.spec.filters).map_err(ApiError::BadRequest)?;
+    if !filters.admits(event) {
+        return Ok(false);
+    }
+    let content = match &event.content {
+        Some(content) => Some(content.clone()),
+        None => render::render(
+            robot.kind.as_str(),
+            event,
+            &robot.spec.templates,
+            app.config.http.max_message_bytes,
+        )
+        .map_err(|e| ApiError::Internal(e.into()))?,
+    };
+    let Some(content) = content else {
+        return Ok(false);
+    };
+    group_and_post(app, robot, event, content).await?;
+    Ok(true)
+}
+
+/// The grouping engine: the first event about an object posts its card; later ones update the
+/// card in place and/or add a threaded follow-up, as the robot's `grouping` says.
+async fn group_and_post(
+    app: &AppState,
+    robot: &Robot,
+    event: &Normalized,
+    content: Content,
+) -> Result<(), ApiError> {
+    let key = event
+        .object_key
+        .as_deref()
+        .filter(|_| robot.spec.grouping != Grouping::Off);
+    let Some(key) = key else {
+        post_one(app, robot, event, content, None).await?;
+        return Ok(());
+    };
+    let card = app.store.robot_card(robot.id, key).await?;
+    let updated = match card {
+        Some(card) if robot.spec.grouping != Grouping::Thread => {
+            update_card(app, robot, card, &content).await?
+        }
+        _ => false,
+    };
+    if card.is_none() || !updated || robot.spec.grouping != Grouping::Card {
+        let id = post_one(app, robot, event, content, Some(key.to_string())).await?;
+        if card.is_none() || !updated {
+            if let Enqueued::New(id) = id {
+                app.store.set_robot_card(robot.id, key, id).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn update_card(
+    app: &AppState,
+    robot: &Robot,
+    card: crate::ids::MessageId,
+    content: &Content,
+) -> Result<bool, ApiError> {
+    match app.store.update_message(robot.org_id, card, content).await {
+        Ok(()) => {
+            app.lanes.poke(robot.conversation_id);
+            Ok(true)
+        }
+        Err(StoreError::NotFound(_)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn post_one(
+    app: &AppState,
+    robot: &Robot,
+    event: &Normalized,
+    content: Content,
+    thread_key: Option<String>,
+) -> Result<Enqueued, ApiError> {
+    let outgoing = Outgoing {
+        content,
+        at: event.at.clone(),
+        dedupe_key: event.dedupe_key.clone(),
+        thread_key,
+    };
+    post(app, robot, outgoing).await.map_err(post_error)
+}
+
+fn post_error(e: PostError) -> ApiError {
+    match e {
+        PostError::KeywordMissing => ApiError::BadRequest(e.to_string()),
+        PostError::RateLimited(per_minute) => ApiError::RateLimited {
+            what: format!("this robot posts at most {per_minute} messages a minute"),
+            retry_after_secs: 60,
+        },
+        PostError::ConversationGone => ApiError::NotFound("the robot's conversation"),
+        PostError::TooLong(max) => {
+            ApiError::PayloadTooLarge(format!("message exceeds {max} bytes"))
+        }
+        PostError::Store(e) => e.into(),
+    }
+}

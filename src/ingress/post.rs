@@ -1,0 +1,134 @@
+//! Posting as a robot: resolve mentions against the robot's conversation, apply its keyword and
+//! rate rules, and queue the message through the same pipeline members use.
+
+use crate::ids::{ConversationId, MessageId, UserId};
+use crate::model::{At, Content, Message, Sender, SenderKind};
+use crate::robot::Robot;
+use crate::store::{Enqueued, StoreError};
+use crate::{clock, AppState};
+
+/// A message a robot is about to post.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub content: Content,
+    pub at: At,
+    pub dedupe_key: Option<String>,
+    pub thread_key: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PostError {
+    #[error("keywords not in content")]
+    KeywordMissing,
+    #[error("send too fast, exceed {0} times per minute")]
+    RateLimited(u32),
+    #[error("the robot's conversation no longer exists")]
+    ConversationGone,
+    #[error("message too long, exceed {0} bytes")]
+    TooLong(usize),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Checks the robot's rules and queues the message. Returns its id (or the first one's, for a
+/// repeated dedupe key).
+pub async fn post(
+    app: &AppState,
+    robot: &Robot,
+    outgoing: Outgoing,
+) -> Result<Enqueued, PostError> {
+    check_keywords(robot, &outgoing.content)?;
+    let size = outgoing.content.body_json().to_string().len();
+    if size > app.config.http.max_message_bytes {
+        return Err(PostError::TooLong(app.config.http.max_message_bytes));
+    }
+    conversation_exists(app, robot).await?;
+    let now = clock::now_ms();
+    if !app.robot_limiter.admit(
+        robot.id,
+        robot.spec.rate_per_minute,
+        robot.spec.throttle_seconds,
+        now,
+    ) {
+        return Err(PostError::RateLimited(robot.spec.rate_per_minute));
+    }
+    let at = resolve_mentions(app, robot.conversation_id, outgoing.at).await?;
+    let message = Message {
+        id: MessageId(app.ids.next()),
+        org_id: robot.org_id,
+        conversation_id: robot.conversation_id,
+        sender: Sender {
+            id: robot.id.to_string(),
+            kind: SenderKind::Robot,
+            name: robot.name.clone(),
+        },
+        content: outgoing.content,
+        at,
+        thread_key: outgoing.thread_key,
+        dedupe_key: outgoing
+            .dedupe_key
+            .map(|k| format!("robot:{}:{k}", robot.id)),
+        recalled: false,
+        created_at_ms: now,
+    };
+    let enqueued = app.store.enqueue_message(&message).await?;
+    if let Enqueued::New(_) = enqueued {
+        app.lanes.poke(robot.conversation_id);
+    }
+    Ok(enqueued)
+}
+
+fn check_keywords(robot: &Robot, content: &Content) -> Result<(), PostError> {
+    let keywords = &robot.spec.security.keywords;
+    if keywords.is_empty() {
+        return Ok(());
+    }
+    let text = content.plain_text();
+    if keywords
+        .iter()
+        .any(|k| !k.is_empty() && text.contains(k.as_str()))
+    {
+        Ok(())
+    } else {
+        Err(PostError::KeywordMissing)
+    }
+}
+
+async fn conversation_exists(app: &AppState, robot: &Robot) -> Result<(), PostError> {
+    match app
+        .store
+        .get_conversation(robot.org_id, robot.conversation_id)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(StoreError::NotFound(_)) => Err(PostError::ConversationGone),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Mentions by id or mobile become mentions of the conversation's members.
+pub async fn resolve_mentions(
+    app: &AppState,
+    conversation: ConversationId,
+    at: At,
+) -> Result<At, StoreError> {
+    if at.at_user_ids.is_empty() && at.at_mobiles.is_empty() {
+        return Ok(at);
+    }
+    let ids: Vec<UserId> = at
+        .at_user_ids
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .take(1000)
+        .collect();
+    let mobiles: Vec<String> = at.at_mobiles.iter().take(1000).cloned().collect();
+    let found = app
+        .store
+        .members_among(conversation, &ids, &mobiles)
+        .await?;
+    Ok(At {
+        at_user_ids: found.iter().map(|u| u.to_string()).collect(),
+        at_mobiles: at.at_mobiles,
+        is_at_all: at.is_at_all,
+    })
+}

@@ -1,0 +1,280 @@
+//! Render: rendering is data, not code. Each built-in source has `bots/<source>/manifest.toml`
+//! (the events it handles, each with a title, a MiniJinja template file and buttons) and its
+//! templates; both are compiled into the binary. A robot can override any event's text.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use include_dir::{include_dir, Dir};
+use minijinja::Environment;
+use serde::Deserialize;
+
+use crate::adapt::Normalized;
+use crate::model::{ActionButton, ActionCard, Content, Markdown};
+
+static BOTS: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/bots");
+
+/// One source's manifest.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub source: String,
+    #[serde(default)]
+    pub description: String,
+    pub events: BTreeMap<String, EventSpec>,
+}
+
+/// How one event renders.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSpec {
+    /// MiniJinja, one line: the card's title.
+    pub title: String,
+    /// The template file (in the source's folder) of the message text.
+    pub template: String,
+    /// Buttons; with any, the message is an actionCard, else markdown.
+    #[serde(default)]
+    pub buttons: Vec<ButtonSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ButtonSpec {
+    pub title: String,
+    /// MiniJinja; a button whose URL renders empty is left out.
+    pub url: String,
+}
+
+struct Catalog {
+    env: Environment<'static>,
+    manifests: BTreeMap<String, Manifest>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("template error in {event}: {message}")]
+    Template { event: String, message: String },
+}
+
+fn catalog() -> &'static Catalog {
+    static CATALOG: OnceLock<Catalog> = OnceLock::new();
+    CATALOG.get_or_init(|| load(&BOTS).expect("bots/ manifests and templates are valid (tested)"))
+}
+
+/// Parses every manifest and template under `bots/`.
+fn load(dir: &'static Dir<'static>) -> Result<Catalog, String> {
+    let mut env = Environment::new();
+    env.add_filter("shorten", shorten);
+    let mut manifests = BTreeMap::new();
+    for source in dir.dirs() {
+        let name = source.path().to_string_lossy().to_string();
+        for file in source.files() {
+            let path = file.path().to_string_lossy().to_string();
+            let text = file
+                .contents_utf8()
+                .ok_or_else(|| format!("{path} is not UTF-8"))?;
+            if path.ends_with("manifest.toml") {
+                let manifest: Manifest =
+                    toml::from_str(text).map_err(|e| format!("{path}: {e}"))?;
+                manifests.insert(name.clone(), manifest);
+            } else if path.ends_with(".j2") {
+                env.add_template(file.path().to_str().unwrap_or_default(), text)
+                    .map_err(|e| format!("{path}: {e}"))?;
+            }
+        }
+    }
+    Ok(Catalog { env, manifests })
+}
+
+/// `{{ text | shorten(80) }}`: cut at a character boundary with an ellipsis.
+fn shorten(value: String, max: Option<usize>) -> String {
+    let max = max.unwrap_or(80);
+    if value.chars().count() <= max {
+        return value;
+    }
+    let cut: String = value.chars().take(max.saturating_sub(1)).collect();
+    format!("{}…", cut.trim_end())
+}
+
+/// The manifest entry for an event: exact name, then `prefix.*`, then `*`.
+fn spec_for<'a>(manifest: &'a Manifest, event: &str) -> Option<&'a EventSpec> {
+    manifest.events.get(event).or_else(|| {
+        let prefix = event.split('.').next().unwrap_or(event);
+        manifest
+            .events
+            .get(&format!("{prefix}.*"))
+            .or_else(|| manifest.events.get("*"))
+    })
+}
+
+/// Whether the source renders this event at all.
+pub fn handles(source: &str, event: &str) -> bool {
+    catalog()
+        .manifests
+        .get(source)
+        .is_some_and(|m| spec_for(m, event).is_some())
+}
+
+/// Renders the event as a message, or None when the source does not render it. `overrides`
+/// maps event names to the robot's own text templates; `max_bytes` bounds the text.
+pub fn render(
+    source: &str,
+    event: &Normalized,
+    overrides: &BTreeMap<String, String>,
+    max_bytes: usize,
+) -> Result<Option<Content>, RenderError> {
+    let catalog = catalog();
+    let Some(manifest) = catalog.manifests.get(source) else {
+        return Ok(None);
+    };
+    let Some(spec) = spec_for(manifest, &event.event) else {
+        return Ok(None);
+    };
+    let fail = |e: minijinja::Error| RenderError::Template {
+        event: event.event.clone(),
+        message: e.to_string(),
+    };
+    let ctx = &event.fields;
+    let title = catalog
+        .env
+        .render_str(&spec.title, ctx)
+        .map_err(fail)?
+        .trim()
+        .to_string();
+    let text = match overrides.get(&event.event) {
+        Some(template) => catalog.env.render_str(template, ctx).map_err(fail)?,
+        None => {
+            let name = format!("{source}/{}", spec.template);
+            let template = catalog.env.get_template(&name).map_err(fail)?;
+            template.render(ctx).map_err(fail)?
+        }
+    };
+    let text = fit(tidy(&text), max_bytes.saturating_sub(title.len() + 512));
+    let mut buttons = Vec::new();
+    for b in &spec.buttons {
+        let url = catalog
+            .env
+            .render_str(&b.url, ctx)
+            .map_err(fail)?
+            .trim()
+            .to_string();
+        if !url.is_empty() {
+            buttons.push(ActionButton {
+                title: b.title.clone(),
+                action_url: url,
+            });
+        }
+    }
+    Ok(Some(card(title, text, buttons)))
+}
+
+fn card(title: String, text: String, mut buttons: Vec<ActionButton>) -> Content {
+    match buttons.len() {
+        0 => Content::Markdown(Markdown { title, text }),
+        1 => {
+            let only = buttons.remove(0);
+            Content::ActionCard(ActionCard {
+                title,
+                text,
+                single_title: Some(only.title),
+                single_url: Some(only.action_url),
+                btns: vec![],
+                btn_orientation: None,
+            })
+        }
+        _ => Content::ActionCard(ActionCard {
+            title,
+            text,
+            single_title: None,
+            single_url: None,
+            btns: buttons,
+            btn_orientation: Some("1".into()),
+        }),
+    }
+}
+
+/// Trims trailing spaces and collapses runs of blank lines left by template conditionals.
+fn tidy(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut blank = 0;
+    for line in text.trim().lines() {
+        let line = line.trim_end();
+        if line.is_empty() {
+            blank += 1;
+            if blank > 1 {
+                continue;
+            }
+        } else {
+            blank = 0;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.trim_end().to_string()
+}
+
+/// Keeps whole lines within `max` bytes and says how many were left out, so markup is never
+/// cut in the middle.
+fn fit(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = String::new();
+    let mut kept = 0;
+    for line in &lines {
+        if out.len() + line.len() + 64 > max {
+            break;
+        }
+        out.push_str(line);
+        out.push('\n');
+        kept += 1;
+    }
+    out.push_str(&format!("\n…and {} more lines", lines.len() - kept));
+    out
+}
+
+/// Every source that has a manifest, for the contract test and the API.
+pub fn sources() -> Vec<&'static str> {
+    catalog().manifests.keys().map(|s| s.as_str()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_manifest_and_template_loads() {
+        let catalog = load(&BOTS).unwrap();
+        for (source, manifest) in &catalog.manifests {
+            assert_eq!(&manifest.source, source);
+            for (event, spec) in &manifest.events {
+                let name = format!("{source}/{}", spec.template);
+                assert!(
+                    catalog.env.get_template(&name).is_ok(),
+                    "{source} {event}: no {name}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fit_keeps_whole_lines() {
+        let text = (0..100)
+            .map(|i| format!("- item {i}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let out = fit(text, 200);
+        assert!(out.len() <= 200);
+        assert!(out.ends_with("more lines"));
+        assert!(out
+            .lines()
+            .all(|l| l.is_empty() || l.starts_with("- item") || l.starts_with('…')));
+    }
+
+    #[test]
+    fn shorten_adds_an_ellipsis() {
+        assert_eq!(shorten("abcdef".into(), Some(4)), "abc…");
+        assert_eq!(shorten("abc".into(), Some(4)), "abc");
+    }
+}
