@@ -155,7 +155,28 @@ fn value_text(alert: &Value) -> String {
             .map(|(k, v)| format!("{k}={}", scalar(v)))
             .collect::<Vec<_>>()
             .join(", "),
-        _ => text(alert, "/valueString").to_string(),
+        _ => compact_value_string(text(alert, "/valueString")),
+    }
+}
+
+/// `[ var='B' labels={…} value=17 ], [ var='C' … value=1 ]` as `B=17, C=1`; other text as is.
+fn compact_value_string(s: &str) -> String {
+    let parts: Option<Vec<String>> = s
+        .split("], [")
+        .map(|part| {
+            let var = part.split("var='").nth(1)?.split('\'').next()?;
+            let value = part
+                .rsplit("value=")
+                .next()?
+                .trim()
+                .trim_end_matches(']')
+                .trim();
+            Some(format!("{var}={value}"))
+        })
+        .collect();
+    match parts {
+        Some(parts) if s.contains("var='") => parts.join(", "),
+        _ => s.to_string(),
     }
 }
 
