@@ -332,8 +332,16 @@ pub(super) fn web_url(url: &str) -> String {
 }
 
 /// An RFC 3339 time as `2026-11-25 13:56:24 UTC`; Alertmanager's zero time (still firing) as "".
+/// ISO 8601 offsets without a colon (`+0000`, PagerDuty's examples) are accepted too.
 pub(super) fn display_time(value: &str) -> String {
-    match OffsetDateTime::parse(value, &Rfc3339) {
+    let parsed = OffsetDateTime::parse(value, &Rfc3339).or_else(|e| {
+        let split = value.len().saturating_sub(2);
+        match (value.get(..split), value.get(split..)) {
+            (Some(head), Some(tail)) => OffsetDateTime::parse(&format!("{head}:{tail}"), &Rfc3339),
+            _ => Err(e),
+        }
+    });
+    match parsed {
         Ok(t) if t.year() <= 1 => String::new(),
         Ok(t) => {
             let t = t.to_offset(time::UtcOffset::UTC);
