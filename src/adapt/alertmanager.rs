@@ -331,6 +331,20 @@ pub(super) fn web_url(url: &str) -> String {
     }
 }
 
+/// A time as `2026-11-25 13:56:24 UTC`.
+pub(super) fn utc_text(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
 /// An RFC 3339 time as `2026-11-25 13:56:24 UTC`; Alertmanager's zero time (still firing) as "".
 /// ISO 8601 offsets without a colon (`+0000`, PagerDuty's examples) are accepted too.
 pub(super) fn display_time(value: &str) -> String {
@@ -343,18 +357,7 @@ pub(super) fn display_time(value: &str) -> String {
     });
     match parsed {
         Ok(t) if t.year() <= 1 => String::new(),
-        Ok(t) => {
-            let t = t.to_offset(time::UtcOffset::UTC);
-            format!(
-                "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-                t.year(),
-                u8::from(t.month()),
-                t.day(),
-                t.hour(),
-                t.minute(),
-                t.second()
-            )
-        }
+        Ok(t) => utc_text(t),
         Err(_) => value.chars().take(40).collect(),
     }
 }
