@@ -101,6 +101,9 @@ async fn deliver(
     let Some(content) = content else {
         return Ok(false);
     };
+    if super::post::already_posted(app, robot, event.dedupe_key.as_deref()).await? {
+        return Ok(true);
+    }
     group_and_post(app, robot, event, content).await?;
     Ok(true)
 }
@@ -122,6 +125,12 @@ async fn group_and_post(
         return Ok(());
     };
     let card = app.store.robot_card(robot.id, key).await?;
+    if let Some(card) = card {
+        if card_shows(app, robot, card, &content).await? {
+            // A repeat (Alertmanager re-sends every repeat_interval): nothing new to say.
+            return Ok(());
+        }
+    }
     let updated = match card {
         Some(card) if robot.spec.grouping != Grouping::Thread => {
             update_card(app, robot, card, &content).await?
@@ -137,6 +146,20 @@ async fn group_and_post(
         }
     }
     Ok(())
+}
+
+/// Whether the card already shows exactly this content.
+async fn card_shows(
+    app: &AppState,
+    robot: &Robot,
+    card: crate::ids::MessageId,
+    content: &Content,
+) -> Result<bool, ApiError> {
+    match app.store.get_message(robot.org_id, card).await {
+        Ok(message) => Ok(!message.recalled && &message.content == content),
+        Err(StoreError::NotFound(_)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn update_card(

@@ -78,6 +78,25 @@ pub async fn post(
     Ok(enqueued)
 }
 
+/// A sender's delivery id, scoped to the robot (two robots may see the same id).
+pub fn dedupe_key(robot: &Robot, key: &str) -> String {
+    format!("robot:{}:{key}", robot.id)
+}
+
+/// Whether this delivery was already posted (a sender's redelivery).
+pub async fn already_posted(
+    app: &AppState,
+    robot: &Robot,
+    key: Option<&str>,
+) -> Result<bool, StoreError> {
+    let Some(key) = key else { return Ok(false) };
+    let found = app
+        .store
+        .dedupe_lookup(robot.conversation_id, &dedupe_key(robot, key))
+        .await?;
+    Ok(found.is_some())
+}
+
 fn check_keywords(robot: &Robot, content: &Content) -> Result<(), PostError> {
     let keywords = &robot.spec.security.keywords;
     if keywords.is_empty() {

@@ -250,6 +250,12 @@ pub trait CoreStore: Send + Sync + 'static {
     /// Records the message in the durable queue (honouring its dedupe key) and returns its id.
     async fn enqueue_message(&self, message: &Message) -> Result<Enqueued>;
     async fn get_message(&self, org: OrgId, id: MessageId) -> Result<Message>;
+    /// The message that already claimed this dedupe key in the conversation, if any.
+    async fn dedupe_lookup(
+        &self,
+        conversation: ConversationId,
+        key: &str,
+    ) -> Result<Option<MessageId>>;
     /// Marks the message recalled and queues `message.recalled`; false if it already was.
     async fn recall_message(&self, org: OrgId, id: MessageId) -> Result<bool>;
     /// Replaces the content and queues `message.updated`.

@@ -763,6 +763,17 @@ macro_rules! shared_store_impl {
                 Ok(Enqueued::New(message.id))
             }
 
+            async fn dedupe_lookup(&self, conversation: ConversationId, key: &str) -> Result<Option<MessageId>> {
+                let id: Option<i64> = sqlx::query_scalar(
+                    "SELECT message_id FROM dedupe WHERE conversation_id = $1 AND dedupe_key = $2",
+                )
+                .bind(conversation.0)
+                .bind(key)
+                .fetch_optional(self.reader())
+                .await?;
+                Ok(id.map(MessageId))
+            }
+
             async fn get_message(&self, org: OrgId, id: MessageId) -> Result<Message> {
                 let row = sqlx::query(
                     "SELECT id, org_id, conversation_id, sender_id, sender_kind, sender_name, msgtype, \

@@ -2,6 +2,7 @@
 //! SQLite and on a real PostgreSQL server (`HERALD_TEST_PG_URL`, started by `scripts/test`).
 
 mod harness;
+mod hooks;
 
 mod big_group;
 mod bots;
