@@ -101,6 +101,18 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::ratelimit::Throttled> for ApiError {
+    fn from(t: crate::ratelimit::Throttled) -> Self {
+        ApiError::RateLimited {
+            what: format!(
+                "this group takes at most {} messages a minute",
+                t.per_minute
+            ),
+            retry_after_secs: t.retry_after_ms.div_ceil(1000),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use super::conversations::visible_conversation;
 use crate::auth::Caller;
 use crate::error::{ApiError, Json, Path};
-use crate::ids::{ConversationId, MessageId, UserId};
+use crate::ids::{ConversationId, MessageId};
 use crate::model::{
     ActionCard, At, Content, FeedCard, Image, Link, Markdown, Message, Sender, SenderKind, Text,
 };
@@ -129,15 +129,7 @@ pub(crate) async fn post_message(
         return Err(ApiError::NotMember);
     }
     let now = clock::now_ms();
-    app.limiter
-        .check(id, conversation.member_count, now)
-        .map_err(|t| ApiError::RateLimited {
-            what: format!(
-                "this group takes at most {} messages a minute",
-                t.per_minute
-            ),
-            retry_after_secs: t.retry_after_ms.div_ceil(1000),
-        })?;
+    app.limiter.check(id, conversation.member_count, now)?;
     let at = resolve_mentions(&app, id, body.at.unwrap_or_default()).await?;
     let message = Message {
         id: MessageId(app.ids.next()),
@@ -172,38 +164,16 @@ pub(crate) async fn post_message(
     ))
 }
 
-/// Keeps the mentions that name members or installed bots, and adds the members behind
-/// `atMobiles`.
+/// The API's own limit on mentions, then the shared resolution.
 async fn resolve_mentions(
     app: &AppState,
     conversation: ConversationId,
     at: At,
 ) -> Result<At, ApiError> {
-    if at.at_user_ids.is_empty() && at.at_mobiles.is_empty() {
-        return Ok(at);
-    }
     if at.at_user_ids.len() + at.at_mobiles.len() > 1000 {
         return Err(ApiError::bad_request("at most 1000 mentions per message"));
     }
-    let ids: Vec<UserId> = at
-        .at_user_ids
-        .iter()
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    let found = app
-        .store
-        .members_among(conversation, &ids, &at.at_mobiles)
-        .await?;
-    let mut at_user_ids: Vec<String> = found.iter().map(|u| u.to_string()).collect();
-    // Bots are not members, but a bot installed here may be @-mentioned by its chatbot id.
-    at_user_ids.extend(
-        crate::outgoing::mentioned_bots(app.store.as_ref(), conversation, &at.at_user_ids).await?,
-    );
-    Ok(At {
-        at_user_ids,
-        at_mobiles: at.at_mobiles,
-        is_at_all: at.is_at_all,
-    })
+    Ok(crate::ingress::post::resolve_mentions(app, conversation, at).await?)
 }
 
 /// Loads a message the caller may act on: from a conversation they see.

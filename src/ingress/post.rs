@@ -125,7 +125,9 @@ async fn conversation_exists(app: &AppState, robot: &Robot) -> Result<(), PostEr
     }
 }
 
-/// Mentions by id or mobile become mentions of the conversation's members.
+/// Mentions by id or mobile become mentions of the conversation's members; bots installed in
+/// the conversation keep their chatbot ids. Every sender (members, robots, bots) goes through
+/// here, so a stored `atUserIds` always names real members or bots.
 pub async fn resolve_mentions(
     app: &AppState,
     conversation: ConversationId,
@@ -145,8 +147,12 @@ pub async fn resolve_mentions(
         .store
         .members_among(conversation, &ids, &mobiles)
         .await?;
+    let mut at_user_ids: Vec<String> = found.iter().map(|u| u.to_string()).collect();
+    at_user_ids.extend(
+        crate::outgoing::mentioned_bots(app.store.as_ref(), conversation, &at.at_user_ids).await?,
+    );
     Ok(At {
-        at_user_ids: found.iter().map(|u| u.to_string()).collect(),
+        at_user_ids,
         at_mobiles: at.at_mobiles,
         is_at_all: at.is_at_all,
     })

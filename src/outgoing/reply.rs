@@ -123,31 +123,8 @@ pub async fn post_reply(
     let (content, at) = parse_message(body, app.config.http.max_message_bytes)?;
     let members = app.store.member_count(conversation).await?;
     let now = clock::now_ms();
-    app.limiter
-        .check(conversation, members, now)
-        .map_err(|t| ApiError::RateLimited {
-            what: format!(
-                "this group takes at most {} messages a minute",
-                t.per_minute
-            ),
-            retry_after_secs: t.retry_after_ms.div_ceil(1000),
-        })?;
-    let ids: Vec<crate::ids::UserId> = at
-        .at_user_ids
-        .iter()
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    let found = if ids.is_empty() && at.at_mobiles.is_empty() {
-        Vec::new()
-    } else {
-        app.store
-            .members_among(conversation, &ids, &at.at_mobiles)
-            .await?
-    };
-    let at = At {
-        at_user_ids: found.iter().map(|u| u.to_string()).collect(),
-        ..at
-    };
+    app.limiter.check(conversation, members, now)?;
+    let at = crate::ingress::post::resolve_mentions(app, conversation, at).await?;
     post_as(app, bot.sender(), bot.org_id, conversation, content, at).await
 }
 

@@ -93,13 +93,18 @@ impl PgStore {
         let sql = format!(
             "WITH locked AS ( \
                SELECT p.user_id FROM user_pts p JOIN members m ON m.user_id = p.user_id \
-               WHERE m.conversation_id = $1 AND m.user_id % $2 = $3 ORDER BY p.user_id FOR UPDATE OF p), \
+               WHERE m.conversation_id = $1 AND m.user_id % $2 = $3 AND m.joined_task <= $7 \
+               ORDER BY p.user_id FOR UPDATE OF p), \
              bumped AS ( \
                UPDATE user_pts p SET pts = p.pts + 1 FROM locked l WHERE p.user_id = l.user_id \
                RETURNING p.user_id, p.pts) \
              INSERT INTO inbox (user_id, pts, kind, conversation_id, ref_id, created_at) \
              SELECT user_id, pts, $4, $1, $5, $6 FROM bumped {}",
-            if job.want_recipients { "RETURNING user_id" } else { "" }
+            if job.want_recipients {
+                "RETURNING user_id"
+            } else {
+                ""
+            }
         );
         let recipients: Vec<i64> = sqlx::query_scalar(&sql)
             .bind(job.conversation_id.0)
@@ -108,6 +113,7 @@ impl PgStore {
             .bind(job.kind.code() as i32)
             .bind(job.ref_id)
             .bind(job.now_ms)
+            .bind(job.task_id)
             .fetch_all(&mut *tx)
             .await?;
         let mut recipients: Vec<UserId> = recipients.into_iter().map(UserId).collect();

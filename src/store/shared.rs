@@ -128,21 +128,43 @@ macro_rules! shared_store_impl {
                 Ok(created)
             }
 
+            /// Queues a task; returns its id (task ids order a conversation's events).
             async fn enqueue_tx(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 task: &Task,
                 now: i64,
-            ) -> Result<()> {
+            ) -> Result<i64> {
                 let payload = serde_json::to_string(task).map_err(anyhow::Error::from)?;
-                sqlx::query(
+                let id: i64 = sqlx::query_scalar(
                     "INSERT INTO tasks (conversation_id, payload, attempts, run_at, locked_until, created_at) \
-                     VALUES ($1, $2, 0, $3, 0, $3)",
+                     VALUES ($1, $2, 0, $3, 0, $3) RETURNING id",
                 )
                 .bind(task.conversation_id().0)
                 .bind(payload)
                 .bind(now)
-                .execute(&mut **tx)
+                .fetch_one(&mut **tx)
                 .await?;
+                Ok(id)
+            }
+
+            /// Members added in this transaction hear only events queued from `task` on, never
+            /// ones queued before they joined but written after.
+            async fn stamp_joined_tx(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                conversation: ConversationId,
+                users: &[UserId],
+                task: i64,
+            ) -> Result<()> {
+                let sql = format!(
+                    "UPDATE members SET joined_task = $1 WHERE conversation_id = $2 AND user_id IN ({})",
+                    Self::ids_from("$3")
+                );
+                sqlx::query(&sql)
+                    .bind(task)
+                    .bind(conversation.0)
+                    .bind(ids_json(users))
+                    .execute(&mut **tx)
+                    .await?;
                 Ok(())
             }
 
@@ -154,7 +176,7 @@ macro_rules! shared_store_impl {
                 details: serde_json::Value,
                 also_notify: Vec<UserId>,
                 now: i64,
-            ) -> Result<()> {
+            ) -> Result<i64> {
                 let id: i64 = sqlx::query_scalar(
                     "INSERT INTO conv_events (conversation_id, kind, details, created_at) \
                      VALUES ($1, $2, $3, $4) RETURNING id",
@@ -523,7 +545,7 @@ macro_rules! shared_store_impl {
                         "member_count": conversation.member_count,
                     }
                 });
-                Self::announce_tx(
+                let task = Self::announce_tx(
                     &mut tx,
                     conversation.id,
                     EventKind::ConversationCreated,
@@ -532,6 +554,7 @@ macro_rules! shared_store_impl {
                     now,
                 )
                 .await?;
+                Self::stamp_joined_tx(&mut tx, conversation.id, &new.members, task).await?;
                 tx.commit().await?;
                 Ok(conversation)
             }
@@ -671,8 +694,10 @@ macro_rules! shared_store_impl {
                     let details = serde_json::json!({
                         "user_ids": added.iter().map(|u| u.to_string()).collect::<Vec<_>>()
                     });
-                    Self::announce_tx(&mut tx, conversation, EventKind::MemberJoined, details, vec![], now)
-                        .await?;
+                    let task =
+                        Self::announce_tx(&mut tx, conversation, EventKind::MemberJoined, details, vec![], now)
+                            .await?;
+                    Self::stamp_joined_tx(&mut tx, conversation, &added, task).await?;
                 }
                 tx.commit().await?;
                 Ok(added)

@@ -102,17 +102,18 @@ impl SqliteStore {
         }
         sqlx::query(
             "UPDATE user_pts SET pts = pts + 1 WHERE user_id IN \
-             (SELECT user_id FROM members WHERE conversation_id = $1 AND user_id % $2 = $3)",
+             (SELECT user_id FROM members WHERE conversation_id = $1 AND user_id % $2 = $3 AND joined_task <= $4)",
         )
         .bind(job.conversation_id.0)
         .bind(job.chunks as i64)
         .bind(job.chunk as i64)
+        .bind(job.task_id)
         .execute(&mut *tx)
         .await?;
         let insert = format!(
             "INSERT INTO inbox (user_id, pts, kind, conversation_id, ref_id, created_at) \
              SELECT p.user_id, p.pts, $4, $1, $5, $6 FROM members m JOIN user_pts p ON p.user_id = m.user_id \
-             WHERE m.conversation_id = $1 AND m.user_id % $2 = $3 {}",
+             WHERE m.conversation_id = $1 AND m.user_id % $2 = $3 AND m.joined_task <= $7 {}",
             if job.want_recipients { "RETURNING user_id" } else { "" }
         );
         let recipients: Vec<i64> = sqlx::query_scalar(&insert)
@@ -122,6 +123,7 @@ impl SqliteStore {
             .bind(job.kind.code() as i32)
             .bind(job.ref_id)
             .bind(job.now_ms)
+            .bind(job.task_id)
             .fetch_all(&mut *tx)
             .await?;
         let mut recipients: Vec<UserId> = recipients.into_iter().map(UserId).collect();
