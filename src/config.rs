@@ -242,7 +242,7 @@ mod tests {
         std::fs::write(&path, "[fanout]\nlanes = 2\n").unwrap();
         let c = Config::load(Some(&path), &Overrides::default()).unwrap();
         assert_eq!(c.fanout.lanes, 2);
-        assert_eq!(c.fanout.chunk_size, 5000);
+        assert_eq!(c.fanout.chunk_size, 10000);
         std::fs::write(&path, "[fanout]\nlanez = 2\n").unwrap();
         assert!(Config::load(Some(&path), &Overrides::default()).is_err());
     }
