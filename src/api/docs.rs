@@ -75,6 +75,7 @@ pub struct EventDoc {
         super::bots::session_reply,
         super::robots::create_robot, super::robots::list_robots, super::robots::get_robot,
         super::robots::update_robot, super::robots::delete_robot, super::robots::rotate_robot,
+        super::robots::list_mentions, super::robots::set_mentions,
     ),
     components(schemas(crate::error::ErrorBody, MessageDoc, EventDoc)),
     modifiers(&BearerAuth),

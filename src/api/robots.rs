@@ -13,6 +13,7 @@ use crate::auth::Admin;
 use crate::error::{ApiError, Json, Path, Query};
 use crate::ids::{ConversationId, RobotId};
 use crate::robot::{self, Grouping, NewRobot, Robot, RobotKind, RobotSpec, Security};
+use crate::store::MentionEntry;
 use crate::verify::parse_range;
 use crate::AppState;
 
@@ -24,6 +25,7 @@ pub fn router() -> Router<AppState> {
             get(get_robot).patch(update_robot).delete(delete_robot),
         )
         .route("/robots/{id}/rotate", post(rotate_robot))
+        .route("/mention-map", get(list_mentions).put(set_mentions))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -339,4 +341,54 @@ pub(crate) async fn rotate_robot(
     }
     app.store.save_robot(&robot).await?;
     Ok(Json(RobotView::of(&app, robot, true)))
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MentionMap {
+    entries: Vec<MentionEntry>,
+}
+
+/// The org's mention map: forge logins and alert label values → members.
+#[utoipa::path(get, path = "/api/v1/mention-map", tag = "robots",
+    responses((status = 200, body = MentionMap)), security(("bearer" = [])))]
+pub(crate) async fn list_mentions(
+    State(app): State<AppState>,
+    Admin(caller): Admin,
+) -> Result<Json<MentionMap>, ApiError> {
+    let entries = app.store.list_mentions(caller.org()).await?;
+    Ok(Json(MentionMap { entries }))
+}
+
+/// Adds, changes or (with `"user_id": null`) removes mention-map entries.
+#[utoipa::path(put, path = "/api/v1/mention-map", tag = "robots", request_body = MentionMap,
+    responses((status = 200, body = MentionMap), (status = 400, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn set_mentions(
+    State(app): State<AppState>,
+    Admin(caller): Admin,
+    Json(body): Json<MentionMap>,
+) -> Result<Json<MentionMap>, ApiError> {
+    if body.entries.len() > 1000 {
+        return Err(ApiError::bad_request("at most 1000 entries per call"));
+    }
+    for entry in &body.entries {
+        if !["github", "gitlab", "alert"].contains(&entry.source.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "source must be github, gitlab or alert, got {:?}",
+                entry.source
+            )));
+        }
+        if entry.external.is_empty() || entry.external.len() > 256 {
+            return Err(ApiError::bad_request(
+                "external must be 1 to 256 characters",
+            ));
+        }
+        if let Some(user) = entry.user_id {
+            app.store.get_user(caller.org(), user).await?;
+        }
+    }
+    app.store.set_mentions(caller.org(), &body.entries).await?;
+    let entries = app.store.list_mentions(caller.org()).await?;
+    Ok(Json(MentionMap { entries }))
 }

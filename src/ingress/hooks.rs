@@ -104,8 +104,38 @@ async fn deliver(
     if super::post::already_posted(app, robot, event.dedupe_key.as_deref()).await? {
         return Ok(true);
     }
-    group_and_post(app, robot, event, content).await?;
+    let mut event = event.clone();
+    map_mentions(app, robot, &mut event).await?;
+    group_and_post(app, robot, &event, content).await?;
     Ok(true)
+}
+
+/// Turns the adapter's mention hints (forge logins, alert owners) into mentions of the members
+/// the org's mention map names.
+async fn map_mentions(
+    app: &AppState,
+    robot: &Robot,
+    event: &mut Normalized,
+) -> Result<(), ApiError> {
+    if event.mention_hints.is_empty() {
+        return Ok(());
+    }
+    let source = if robot.kind.is_alerting() {
+        "alert"
+    } else {
+        robot.kind.as_str()
+    };
+    let users = app
+        .store
+        .map_mentions(robot.org_id, source, &event.mention_hints)
+        .await?;
+    for user in users {
+        let id = user.to_string();
+        if !event.at.at_user_ids.contains(&id) {
+            event.at.at_user_ids.push(id);
+        }
+    }
+    Ok(())
 }
 
 /// The grouping engine: the first event about an object posts its card; later ones update the

@@ -25,7 +25,7 @@ use crate::model::{
 
 pub use bots::*;
 pub use postgres::PgStore;
-pub use robots::RobotStore;
+pub use robots::{MentionEntry, RobotStore};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]

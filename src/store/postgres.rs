@@ -44,11 +44,11 @@ impl PgStore {
         &self.pool
     }
 
-    fn ids_from(param: &str) -> String {
+    pub(super) fn ids_from(param: &str) -> String {
         format!("SELECT CAST(value AS BIGINT) AS id FROM jsonb_array_elements_text(CAST({param} AS jsonb)) AS value")
     }
 
-    fn strings_from(param: &str) -> String {
+    pub(super) fn strings_from(param: &str) -> String {
         format!("SELECT value FROM jsonb_array_elements_text(CAST({param} AS jsonb)) AS value")
     }
 

@@ -6,7 +6,7 @@ use sqlx::Row;
 
 use super::{PgStore, Result, SqliteStore, StoreError};
 use crate::clock;
-use crate::ids::{ConversationId, MessageId, OrgId, RobotId};
+use crate::ids::{ConversationId, MessageId, OrgId, RobotId, UserId};
 use crate::robot::{NewRobot, Robot, RobotKind, RobotSpec};
 
 #[async_trait]
@@ -32,6 +32,28 @@ pub trait RobotStore: Send + Sync {
         object_key: &str,
         message: MessageId,
     ) -> Result<()>;
+    /// Upserts mention-map entries (source, external name → user); a `None` user removes one.
+    async fn set_mentions(&self, org: OrgId, entries: &[MentionEntry]) -> Result<()>;
+    async fn list_mentions(&self, org: OrgId) -> Result<Vec<MentionEntry>>;
+    /// The users that the given external names of a source map to.
+    async fn map_mentions(
+        &self,
+        org: OrgId,
+        source: &str,
+        externals: &[String],
+    ) -> Result<Vec<UserId>>;
+}
+
+/// One line of an org's mention map.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MentionEntry {
+    /// `github`, `gitlab`, or `alert` (label values of Alertmanager, Grafana and PagerDuty).
+    pub source: String,
+    /// The login or label value as the sender writes it.
+    pub external: String,
+    /// The member it means; null removes the entry.
+    pub user_id: Option<UserId>,
 }
 
 const COLUMNS: &str =
@@ -160,6 +182,69 @@ macro_rules! robot_store_impl {
                 .fetch_optional(self.reader())
                 .await?;
                 Ok(id.map(MessageId))
+            }
+
+            async fn set_mentions(&self, org: OrgId, entries: &[MentionEntry]) -> Result<()> {
+                let mut tx = self.writer().begin().await?;
+                for entry in entries {
+                    match entry.user_id {
+                        Some(user) => {
+                            sqlx::query(
+                                "INSERT INTO mention_map (org_id, source, external, user_id) VALUES ($1, $2, $3, $4) \
+                                 ON CONFLICT (org_id, source, external) DO UPDATE SET user_id = excluded.user_id",
+                            )
+                            .bind(org.0)
+                            .bind(&entry.source)
+                            .bind(&entry.external)
+                            .bind(user.0)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        None => {
+                            sqlx::query("DELETE FROM mention_map WHERE org_id = $1 AND source = $2 AND external = $3")
+                                .bind(org.0)
+                                .bind(&entry.source)
+                                .bind(&entry.external)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                    }
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn list_mentions(&self, org: OrgId) -> Result<Vec<MentionEntry>> {
+                let rows = sqlx::query(
+                    "SELECT source, external, user_id FROM mention_map WHERE org_id = $1 ORDER BY source, external",
+                )
+                .bind(org.0)
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(MentionEntry {
+                            source: r.try_get("source")?,
+                            external: r.try_get("external")?,
+                            user_id: Some(UserId(r.try_get("user_id")?)),
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn map_mentions(&self, org: OrgId, source: &str, externals: &[String]) -> Result<Vec<UserId>> {
+                let externals = serde_json::to_string(externals).map_err(anyhow::Error::from)?;
+                let sql = format!(
+                    "SELECT DISTINCT user_id FROM mention_map WHERE org_id = $1 AND source = $2 AND external IN ({})",
+                    Self::strings_from("$3")
+                );
+                let ids: Vec<i64> = sqlx::query_scalar(&sql)
+                    .bind(org.0)
+                    .bind(source)
+                    .bind(externals)
+                    .fetch_all(self.reader())
+                    .await?;
+                Ok(ids.into_iter().map(UserId).collect())
             }
 
             async fn set_robot_card(&self, robot: RobotId, object_key: &str, message: MessageId) -> Result<()> {

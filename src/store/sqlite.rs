@@ -65,12 +65,12 @@ impl SqliteStore {
     }
 
     /// Rows `id` of a bound JSON array of integers.
-    fn ids_from(param: &str) -> String {
+    pub(super) fn ids_from(param: &str) -> String {
         format!("SELECT CAST(value AS INTEGER) AS id FROM json_each({param})")
     }
 
     /// Rows of a bound JSON array of strings.
-    fn strings_from(param: &str) -> String {
+    pub(super) fn strings_from(param: &str) -> String {
         format!("SELECT value FROM json_each({param})")
     }
 

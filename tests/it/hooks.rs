@@ -70,8 +70,30 @@ async fn github(
 async fn pull_request_life_is_one_card_and_a_thread(backend: Backend) {
     let server = Server::start(backend, "").await;
     let admin = server.admin_token();
-    let group = server.create_group(&admin, "dev", &[]).await;
+    let octo = server.create_users(&admin, "octo", 1).await;
+    let group = server.create_group(&admin, "dev", &octo).await;
     let robot = robot(&server, &admin, &group, "github").await;
+    // The reviewer's GitHub login means this member.
+    let entry = json!({"source": "github", "external": "octocat", "user_id": octo[0]});
+    let (status, map) = server
+        .call(
+            reqwest::Method::PUT,
+            &admin,
+            "/api/v1/mention-map",
+            Some(json!({"entries": [entry]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{map}");
+    let bad = json!({"entries": [{"source": "jira", "external": "x", "user_id": octo[0]}]});
+    let (status, _) = server
+        .call(
+            reqwest::Method::PUT,
+            &admin,
+            "/api/v1/mention-map",
+            Some(bad),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     let db = server.db().await;
     let life = [
         ("pull_request", "pull_request.opened.json"),
@@ -143,6 +165,13 @@ async fn pull_request_life_is_one_card_and_a_thread(backend: Backend) {
         .expect("the card carries the thread key");
     assert!(created.iter().all(|e| e["message"]["thread_key"] == thread));
     assert_eq!(created[0]["message"]["sender"]["kind"], "robot");
+    // review_requested names octocat: its follow-up @-mentions the mapped member.
+    assert_eq!(
+        created[1]["message"]["at"]["atUserIds"],
+        json!([octo[0].clone()]),
+        "{:#}",
+        created[1]
+    );
     let last = &updated.last().unwrap()["message"];
     let text = last.to_string().to_lowercase();
     assert!(
