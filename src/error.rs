@@ -161,6 +161,28 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
+/// The raw request body (signatures cover bytes), with herald's error for an oversized one.
+pub struct RawBody(pub bytes::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        bytes::Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(|e| match e.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(
+                    "request body exceeds the configured limit (http.max_body_bytes)".into(),
+                ),
+                _ => ApiError::BadRequest(format!(
+                    "could not read the request body: {}",
+                    e.body_text()
+                )),
+            })
+    }
+}
+
 /// `axum::extract::Path` whose rejections are herald errors: an id that cannot exist is a 404.
 pub struct Path<T>(pub T);
 

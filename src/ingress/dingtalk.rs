@@ -63,8 +63,14 @@ pub async fn send(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Json<DingReply> {
+    let Ok(body) = body else {
+        return reply(
+            codes::TOO_LONG,
+            format!("message too long, exceed {MAX_BODY} bytes"),
+        );
+    };
     let query = parse_query(uri.query());
     let Some(token) = query.get("access_token").filter(|t| !t.is_empty()).cloned() else {
         return reply(codes::TOKEN_NOT_EXIST, "token is not exist");

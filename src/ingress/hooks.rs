@@ -6,13 +6,12 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use serde_json::json;
 
 use super::post::{post, Outgoing, PostError};
 use super::{parse_query, RawWebhook, Verified};
 use crate::adapt::{self, AdaptError, Normalized};
-use crate::error::{ApiError, Path};
+use crate::error::{ApiError, Path, RawBody};
 use crate::model::Content;
 use crate::robot::{Grouping, Robot, RobotKind};
 use crate::store::{Enqueued, StoreError};
@@ -25,7 +24,7 @@ pub async fn receive(
     Path((kind, token)): Path<(String, String)>,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let robot = find_robot(&app, &kind, &token).await?;
     let robot_id = robot.id;

@@ -250,6 +250,18 @@ async fn alert_group_updates_one_card(backend: Backend) {
                 && !answer["errmsg"].as_str().unwrap().is_empty()
         );
     }
+    let huge = "a".repeat(2_000_000);
+    // Its own connection: the server closes one whose body it refused to read.
+    let resp = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let answer: Value = resp.json().await.expect("a JSON error body");
+    assert_eq!(answer["errcode"], 41300);
     let resp = server
         .http
         .post(url.replace(robot["access_token"].as_str().unwrap(), "nope"))

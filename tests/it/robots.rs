@@ -115,6 +115,16 @@ async fn custom_robot_security_and_errcodes(backend: Backend) {
     assert_eq!(unknown["errcode"], 300005);
     let long = send(&server, &signed(ts), text(&"deploy ".repeat(4000))).await;
     assert_eq!(long["errcode"], 460101);
+    // Its own connection: the server closes one whose body it refused to read.
+    let huge = reqwest::Client::new()
+        .post(format!("{}/robot/send?{}", server.base, signed(ts)))
+        .header("content-type", "application/json")
+        .body("a".repeat(2_000_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), StatusCode::OK);
+    assert_eq!(huge.json::<Value>().await.unwrap()["errcode"], 460101);
     let bad = send(&server, &signed(ts), json!({"msgtype": "text"})).await;
     assert_eq!(bad["errcode"], 40035);
     // msgUuid dedupes: the repeat is answered ok but posts nothing.
