@@ -22,11 +22,7 @@ static NULL: Value = Value::Null;
 
 /// Adapts one GitHub delivery.
 pub fn adapt(raw: &RawWebhook<Verified>) -> Result<Adapted, AdaptError> {
-    let kind = raw
-        .header("x-github-event")
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| AdaptError::BadPayload("missing X-GitHub-Event header".into()))?;
+    let kind = super::required_header(raw, "X-GitHub-Event")?;
     let body = json_body(raw)?;
     let mut event = normalize(kind, &body)?;
     event.dedupe_key = raw

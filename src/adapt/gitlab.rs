@@ -23,11 +23,7 @@ static NULL: Value = Value::Null;
 
 /// Adapts one GitLab delivery.
 pub fn adapt(raw: &RawWebhook<Verified>) -> Result<Adapted, AdaptError> {
-    let header = raw
-        .header("x-gitlab-event")
-        .map(str::trim)
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| AdaptError::BadPayload("missing X-Gitlab-Event header".into()))?;
+    let header = super::required_header(raw, "X-Gitlab-Event")?;
     let body = json_body(raw)?;
     let mut event = normalize(header, &body)?;
     event.dedupe_key = ["idempotency-key", "x-gitlab-event-uuid"]

@@ -127,6 +127,17 @@ pub fn json_body(raw: &RawWebhook<Verified>) -> Result<serde_json::Value, AdaptE
     }
 }
 
+/// A header the sender always sends (the event name), trimmed; its absence is a bad payload.
+pub fn required_header<'a>(
+    raw: &'a RawWebhook<Verified>,
+    name: &str,
+) -> Result<&'a str, AdaptError> {
+    raw.header(name)
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| AdaptError::BadPayload(format!("missing {name} header")))
+}
+
 /// A string field at a JSON pointer, or "".
 pub fn text<'a>(v: &'a serde_json::Value, pointer: &str) -> &'a str {
     v.pointer(pointer)
