@@ -60,6 +60,8 @@ pub struct Shared {
     /// Outgoing bots: the guarded callback client, wake-ups and per-bot slots.
     pub outgoing: Arc<outgoing::Outgoing>,
     pub robot_limiter: ratelimit::RobotLimiter,
+    /// What each robot's sender delivered: posted and skipped events.
+    pub robot_stats: ingress::stats::Counters,
     /// Cancelled on shutdown: live streams end so the server can drain.
     pub shutdown: CancellationToken,
 }
@@ -93,6 +95,7 @@ impl AppState {
                     .expect("outgoing client from a validated config"),
             ),
             robot_limiter: ratelimit::RobotLimiter::default(),
+            robot_stats: ingress::stats::Counters::default(),
             hub: Arc::new(hub::Hub::default()),
             ids: ids::IdGenerator::new(),
             store,

@@ -65,6 +65,8 @@ pub(crate) struct RobotView {
     has_secret: bool,
     #[serde(flatten)]
     spec: RobotSpec,
+    /// Events received since this process started: posted, and answered 2xx but not posted.
+    stats: crate::ingress::stats::RobotStats,
     created_at: String,
 }
 
@@ -75,6 +77,7 @@ impl RobotView {
             access_token: reveal.then(|| robot.access_token.clone()),
             secret: if reveal { robot.secret.clone() } else { None },
             has_secret: robot.secret.is_some(),
+            stats: app.robot_stats.of(robot.id),
             id: robot.id,
             kind: robot.kind,
             conversation_id: robot.conversation_id,

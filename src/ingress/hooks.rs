@@ -46,7 +46,9 @@ pub async fn receive(
     let mut posted = 0;
     let mut skipped = Vec::new();
     for event in &adapted.events {
-        match deliver(&app, &verified, event).await? {
+        let was_posted = deliver(&app, &verified, event).await?;
+        app.robot_stats.count(robot_id, &event.event, was_posted);
+        match was_posted {
             true => posted += 1,
             false => skipped.push(event.event.clone()),
         }
@@ -101,7 +103,7 @@ async fn deliver(
         return Ok(false);
     };
     if super::post::already_posted(app, robot, event.dedupe_key.as_deref()).await? {
-        return Ok(true);
+        return Ok(false); // a redelivery: answered 2xx, counted, posted once only
     }
     let mut event = event.clone();
     map_mentions(app, robot, &mut event).await?;

@@ -7,6 +7,7 @@
 mod dingtalk;
 mod hooks;
 pub mod post;
+pub mod stats;
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;

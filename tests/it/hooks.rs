@@ -165,6 +165,20 @@ async fn pull_request_life_is_one_card_and_a_thread(backend: Backend) {
         .expect("the card carries the thread key");
     assert!(created.iter().all(|e| e["message"]["thread_key"] == thread));
     assert_eq!(created[0]["message"]["sender"]["kind"], "robot");
+    let (_, shown) = server
+        .get(
+            &admin,
+            &format!("/api/v1/robots/{}", robot["id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(
+        (
+            shown["stats"]["posted"].as_i64(),
+            shown["stats"]["skipped"].as_i64()
+        ),
+        (Some(5), Some(1)),
+        "{shown}"
+    );
     // review_requested names octocat: its follow-up @-mentions the mapped member.
     assert_eq!(
         created[1]["message"]["at"]["atUserIds"],
