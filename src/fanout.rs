@@ -13,6 +13,8 @@ pub async fn fan_out(app: &AppState, queued: &QueuedTask) -> Result<(), StoreErr
     let plan = Plan::of(&queued.task);
     let members = app.store.member_count(plan.conversation_id()).await?;
     let chunks = chunk_count(members, app.config.fanout.chunk_size);
+    let generation = app.hub.generation();
+    let listening = app.hub.has_listeners();
     let job = |chunk: u32| ChunkJob {
         task_id: queued.id,
         kind: plan.kind,
@@ -22,13 +24,19 @@ pub async fn fan_out(app: &AppState, queued: &QueuedTask) -> Result<(), StoreErr
         chunk,
         chunks,
         also_notify: plan.also_notify,
-        want_recipients: app.hub.has_listeners(),
+        want_recipients: listening,
         now_ms: clock::now_ms(),
+    };
+    let wake = |recipients: &[crate::ids::UserId]| {
+        app.hub.wake(recipients);
+        if !listening {
+            app.hub.wake_if_subscribed_since(generation);
+        }
     };
     // Chunk 0 may have queued bot deliveries (see `outgoing`).
     if chunks == 1 {
         let outcome = app.store.fan_out_chunk(&job(0)).await?;
-        app.hub.wake(&outcome.recipients);
+        wake(&outcome.recipients);
         app.outgoing.wake.notify_one();
         return Ok(());
     }
@@ -38,7 +46,7 @@ pub async fn fan_out(app: &AppState, queued: &QueuedTask) -> Result<(), StoreErr
             let job = job(chunk);
             async move {
                 let outcome = app.store.fan_out_chunk(&job).await?;
-                app.hub.wake(&outcome.recipients);
+                wake(&outcome.recipients);
                 Ok::<_, StoreError>(())
             }
         })

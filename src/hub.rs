@@ -2,7 +2,7 @@
 //! connection reads them after its own cursor, so a lost wake-up costs latency, not data.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -27,6 +27,9 @@ impl Listener {
 pub struct Hub {
     listeners: Mutex<HashMap<UserId, Vec<Arc<Listener>>>>,
     count: AtomicUsize,
+    /// Bumped by every subscription, so a fanout that decided nobody was listening can tell
+    /// that someone subscribed while it ran.
+    generation: AtomicU64,
 }
 
 /// Keeps a listener registered while a connection lives.
@@ -41,6 +44,7 @@ impl Hub {
         let listener = Arc::new(Listener::default());
         self.lock().entry(user).or_default().push(listener.clone());
         self.count.fetch_add(1, Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::SeqCst);
         Subscription {
             hub: self.clone(),
             user,
@@ -59,6 +63,25 @@ impl Hub {
                 for listener in list {
                     listener.notify.notify_one();
                 }
+            }
+        }
+    }
+
+    /// The subscription generation (see `wake_if_subscribed_since`).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// A fanout that skipped collecting recipients (nobody was listening when it started) calls
+    /// this after its commit: if anyone subscribed meanwhile, every connection re-reads its
+    /// inbox. A spurious wake-up costs one read; a missed one would cost a poll interval.
+    pub fn wake_if_subscribed_since(&self, generation: u64) {
+        if self.generation() == generation {
+            return;
+        }
+        for list in self.lock().values() {
+            for listener in list {
+                listener.notify.notify_one();
             }
         }
     }

@@ -14,9 +14,12 @@ use crate::AppState;
 
 /// Events read per round trip by a live feed.
 const FEED_PAGE: i64 = 256;
-/// A feed re-reads the inbox at least this often even without a wake-up (e.g. events written
-/// by another herald process on the same PostgreSQL).
-const FEED_POLL: Duration = Duration::from_secs(2);
+/// On PostgreSQL a feed re-reads the inbox at least this often even without a wake-up: another
+/// herald process on the same database may have written the events.
+const FEED_POLL_SHARED: Duration = Duration::from_secs(2);
+/// With SQLite one process owns the store, so every write wakes the hub; the poll is only a
+/// safety net and idle connections cost (almost) nothing.
+const FEED_POLL_EMBEDDED: Duration = Duration::from_secs(30);
 
 /// A page of `/sync`.
 pub struct SyncPage {
@@ -127,10 +130,18 @@ impl Feed {
         })
     }
 
+    fn poll_interval(&self) -> Duration {
+        if self.app.config.uses_postgres() {
+            FEED_POLL_SHARED
+        } else {
+            FEED_POLL_EMBEDDED
+        }
+    }
+
     async fn wait(&self) {
         tokio::select! {
             _ = self.subscription.listener.notify.notified() => {}
-            _ = tokio::time::sleep(FEED_POLL) => {}
+            _ = tokio::time::sleep(self.poll_interval()) => {}
             _ = self.app.shutdown.cancelled() => {}
         }
     }
