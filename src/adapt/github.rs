@@ -10,15 +10,13 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
 
-use super::{json_body, text, AdaptError, Adapted, Facts, Normalized};
+use super::{at, id, json_body, merge, names, text, AdaptError, Adapted, Facts, Normalized};
 use crate::ingress::{RawWebhook, Verified};
 
 /// Commits listed in a push message; the rest are counted.
 const MAX_COMMITS: usize = 5;
 /// Changed paths kept for the paths filter.
 const MAX_PATHS: usize = 300;
-
-static NULL: Value = Value::Null;
 
 /// Adapts one GitHub delivery.
 pub fn adapt(raw: &RawWebhook<Verified>) -> Result<Adapted, AdaptError> {
@@ -159,13 +157,6 @@ fn base(kind: &str, v: &Value) -> Normalized {
     }
 }
 
-/// Adds `extra`'s keys to the event's fields.
-fn merge(n: &mut Normalized, extra: Value) {
-    if let (Value::Object(fields), Value::Object(extra)) = (&mut n.fields, extra) {
-        fields.extend(extra);
-    }
-}
-
 fn repo(n: &Normalized) -> String {
     n.fields
         .pointer("/repo")
@@ -174,35 +165,8 @@ fn repo(n: &Normalized) -> String {
         .to_string()
 }
 
-fn at<'a>(v: &'a Value, pointer: &str) -> &'a Value {
-    v.pointer(pointer).unwrap_or(&NULL)
-}
-
 fn flag(v: &Value, pointer: &str) -> bool {
     at(v, pointer).as_bool().unwrap_or(false)
-}
-
-/// A number or a string id as text ("" when neither).
-fn id(v: &Value, pointer: &str) -> String {
-    match at(v, pointer) {
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => s.clone(),
-        _ => String::new(),
-    }
-}
-
-/// The `key` (a string or number) of every object in the array at `pointer`.
-fn names(v: &Value, pointer: &str, key: &str) -> Vec<String> {
-    at(v, pointer)
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .map(|x| id(x, key))
-                .filter(|s| !s.is_empty())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The first seven characters of a commit sha.

@@ -11,15 +11,13 @@
 use serde_json::{json, Value};
 
 use super::github::{excerpt, first_line, short_sha, split_ref};
-use super::{json_body, text, AdaptError, Adapted, Facts, Normalized};
+use super::{at, id, json_body, merge, names, text, AdaptError, Adapted, Facts, Normalized};
 use crate::ingress::{RawWebhook, Verified};
 
 /// Commits listed in a push message; the rest are counted.
 const MAX_COMMITS: usize = 5;
 /// Failed jobs named in a pipeline message.
 const MAX_FAILED: usize = 5;
-
-static NULL: Value = Value::Null;
 
 /// Adapts one GitLab delivery.
 pub fn adapt(raw: &RawWebhook<Verified>) -> Result<Adapted, AdaptError> {
@@ -175,37 +173,8 @@ fn is_bot(login: &str) -> bool {
         || l == "ghost"
 }
 
-fn merge(n: &mut Normalized, extra: Value) {
-    if let (Value::Object(fields), Value::Object(extra)) = (&mut n.fields, extra) {
-        fields.extend(extra);
-    }
-}
-
 fn project_path(n: &Normalized) -> String {
     text(&n.fields, "/project").to_string()
-}
-
-fn at<'a>(v: &'a Value, pointer: &str) -> &'a Value {
-    v.pointer(pointer).unwrap_or(&NULL)
-}
-
-fn id(v: &Value, pointer: &str) -> String {
-    match at(v, pointer) {
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => s.clone(),
-        _ => String::new(),
-    }
-}
-
-/// The `key` of every object in the array at `pointer` (labels' titles, users' usernames).
-fn names(v: &Value, pointer: &str, key: &str) -> Vec<String> {
-    at(v, pointer)
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|x| text(x, key).to_string())
-        .filter(|s| !s.is_empty())
-        .collect()
 }
 
 fn is_zero(sha: &str) -> bool {

@@ -138,6 +138,42 @@ pub fn required_header<'a>(
         .ok_or_else(|| AdaptError::BadPayload(format!("missing {name} header")))
 }
 
+static NULL: serde_json::Value = serde_json::Value::Null;
+
+/// The value at a JSON pointer, or null: adapters never index, so no payload can panic them.
+pub fn at<'a>(v: &'a serde_json::Value, pointer: &str) -> &'a serde_json::Value {
+    v.pointer(pointer).unwrap_or(&NULL)
+}
+
+/// A number or a string id as text ("" when neither).
+pub fn id(v: &serde_json::Value, pointer: &str) -> String {
+    match at(v, pointer) {
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        _ => String::new(),
+    }
+}
+
+/// The `key` (a string or number) of every object in the array at `pointer`.
+pub fn names(v: &serde_json::Value, pointer: &str, key: &str) -> Vec<String> {
+    at(v, pointer)
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|x| id(x, key))
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Adds an object's fields to the event's template fields.
+pub fn merge(n: &mut Normalized, extra: serde_json::Value) {
+    if let (serde_json::Value::Object(fields), serde_json::Value::Object(extra)) =
+        (&mut n.fields, extra)
+    {
+        fields.extend(extra);
+    }
+}
+
 /// A string field at a JSON pointer, or "".
 pub fn text<'a>(v: &'a serde_json::Value, pointer: &str) -> &'a str {
     v.pointer(pointer)

@@ -73,7 +73,7 @@ impl PgStore {
         .await?;
         let mut tasks: Vec<QueuedTask> = rows
             .iter()
-            .map(queued_task_from_row)
+            .map(Self::queued_task_from_row)
             .collect::<Result<_>>()?;
         tasks.sort_by_key(|t| t.id);
         Ok(tasks)
@@ -151,16 +151,6 @@ impl PgStore {
             .await?;
         Ok(ids.into_iter().map(UserId).collect())
     }
-}
-
-fn queued_task_from_row(row: &sqlx::postgres::PgRow) -> Result<QueuedTask> {
-    let payload: &str = row.try_get("payload")?;
-    Ok(QueuedTask {
-        id: row.try_get("id")?,
-        task: serde_json::from_str(payload).map_err(|e| anyhow::anyhow!("task payload: {e}"))?,
-        attempts: row.try_get("attempts")?,
-        run_at_ms: row.try_get("run_at")?,
-    })
 }
 
 shared_store_impl!(PgStore, sqlx::Postgres);

@@ -22,6 +22,17 @@ macro_rules! shared_store_impl {
                 })
             }
 
+            fn queued_task_from_row(row: &<$db as sqlx::Database>::Row) -> Result<QueuedTask> {
+                let payload: &str = row.try_get("payload")?;
+                Ok(QueuedTask {
+                    id: row.try_get("id")?,
+                    task: serde_json::from_str(payload)
+                        .map_err(|e| anyhow::anyhow!("task payload: {e}"))?,
+                    attempts: row.try_get("attempts")?,
+                    run_at_ms: row.try_get("run_at")?,
+                })
+            }
+
             fn conversation_from_row(row: &<$db as sqlx::Database>::Row) -> Result<Conversation> {
                 Ok(Conversation {
                     id: ConversationId(row.try_get("id")?),

@@ -86,7 +86,7 @@ impl SqliteStore {
         .bind(limit)
         .fetch_all(self.reader())
         .await?;
-        rows.iter().map(queued_task_from_row).collect()
+        rows.iter().map(Self::queued_task_from_row).collect()
     }
 
     /// Set-based fanout: bump every recipient's pts, then insert their inbox rows from the
@@ -169,16 +169,6 @@ impl SqliteStore {
         .await?;
         Ok(ids.into_iter().map(UserId).collect())
     }
-}
-
-fn queued_task_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<QueuedTask> {
-    let payload: &str = row.try_get("payload")?;
-    Ok(QueuedTask {
-        id: row.try_get("id")?,
-        task: serde_json::from_str(payload).map_err(|e| anyhow::anyhow!("task payload: {e}"))?,
-        attempts: row.try_get("attempts")?,
-        run_at_ms: row.try_get("run_at")?,
-    })
 }
 
 shared_store_impl!(SqliteStore, sqlx::Sqlite);
