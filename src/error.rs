@@ -92,9 +92,10 @@ impl IntoResponse for ApiError {
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             // The body may be left unread on the wire: say so, or a keep-alive
             // client reuses a connection the server is about to close.
-            response
-                .headers_mut()
-                .insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                HeaderValue::from_static("close"),
+            );
         }
         if let ApiError::RateLimited {
             retry_after_secs, ..

@@ -10,12 +10,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{paginate, PageParams};
-use crate::auth::Admin;
+use crate::auth::{Admin, Caller};
 use crate::error::{ApiError, Json, Path, Query};
 use crate::ids::{BotId, ConversationId, DeliveryId, MessageId};
+use crate::model::{Conversation, ConversationKind};
 use crate::outgoing::triggers::{BotEvent, Trigger};
 use crate::outgoing::{reply, sign, ssrf, worker};
-use crate::store::{Bot, BotPatch, Delivery, DeliveryState, NewBot};
+use crate::store::{Bot, BotPatch, Delivery, DeliveryState, NewBot, NewConversation};
 use crate::{clock, AppState};
 
 pub fn router() -> Router<AppState> {
@@ -26,6 +27,7 @@ pub fn router() -> Router<AppState> {
             get(get_bot).patch(update_bot).delete(delete_bot),
         )
         .route("/bots/{id}/rotate-secret", post(rotate_secret))
+        .route("/bots/{id}/chats", post(open_chat))
         .route("/bots/{id}/deliveries", get(list_deliveries))
         .route(
             "/bots/{id}/deliveries/{delivery_id}/redeliver",
@@ -241,6 +243,37 @@ pub(crate) async fn get_bot(
     Ok(Json(BotView::of(
         &app.store.get_bot(caller.org(), id).await?,
     )))
+}
+
+/// Open the caller's 1:1 chat with a bot (any member of the bot's org). Messages posted there
+/// reach the bot as `message.direct`; its replies land in the chat. Answers the existing chat
+/// with 200 when there is one.
+#[utoipa::path(post, path = "/api/v1/bots/{id}/chats", tag = "bots", params(("id" = String, Path)),
+    responses((status = 201, body = Conversation), (status = 200, body = Conversation),
+              (status = 400, body = crate::error::ErrorBody),
+              (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn open_chat(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<BotId>,
+) -> Result<(StatusCode, Json<Conversation>), ApiError> {
+    let bot = app.store.get_bot(caller.org(), id).await?;
+    if !bot.triggers.contains(&Trigger::Direct) {
+        return Err(ApiError::bad_request(format!(
+            "bot {} does not take 1:1 messages (its triggers lack \"direct\")",
+            bot.id
+        )));
+    }
+    let new = NewConversation {
+        org_id: caller.org(),
+        kind: ConversationKind::Single,
+        title: bot.name.clone(),
+        owner_id: caller.id(),
+        members: vec![caller.id()],
+        bot: Some(bot.id),
+    };
+    super::conversations::open_conversation(&app, &new).await
 }
 
 /// Change a bot: name, URL, rules, conversations, or re-enable it.

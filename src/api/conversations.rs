@@ -97,13 +97,6 @@ pub(crate) async fn create_conversation(
                 "a 1:1 chat has exactly one other member",
             ));
         }
-        if let Some(existing) = app
-            .store
-            .find_single(caller.org(), members[0], members[1])
-            .await?
-        {
-            return Ok((StatusCode::OK, Json(existing)));
-        }
     }
     let new = NewConversation {
         org_id: caller.org(),
@@ -111,10 +104,36 @@ pub(crate) async fn create_conversation(
         title,
         owner_id: caller.id(),
         members,
+        bot: None,
     };
-    let conversation = app.store.create_conversation(&new).await?;
-    app.lanes.poke(conversation.id);
-    Ok((StatusCode::CREATED, Json(conversation)))
+    open_conversation(&app, &new).await
+}
+
+/// Creates the conversation, or answers the 1:1 chat that already exists (200, not 201);
+/// two callers racing to open the same chat both get the one that won.
+pub(crate) async fn open_conversation(
+    app: &AppState,
+    new: &NewConversation,
+) -> Result<(StatusCode, Json<Conversation>), ApiError> {
+    let existing = || async {
+        match new.single_key() {
+            Some(key) => app.store.find_single(new.org_id, &key).await,
+            None => Ok(None),
+        }
+    };
+    if let Some(found) = existing().await? {
+        return Ok((StatusCode::OK, Json(found)));
+    }
+    match app.store.create_conversation(new).await {
+        Ok(conversation) => {
+            app.lanes.poke(conversation.id);
+            Ok((StatusCode::CREATED, Json(conversation)))
+        }
+        Err(e) => match existing().await? {
+            Some(found) => Ok((StatusCode::OK, Json(found))),
+            None => Err(e.into()),
+        },
+    }
 }
 
 #[derive(Deserialize, IntoParams)]

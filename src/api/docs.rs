@@ -71,6 +71,7 @@ pub struct EventDoc {
         super::live::sync_events, super::live::stream, super::live::websocket,
         super::bots::create_bot, super::bots::list_bots, super::bots::get_bot,
         super::bots::update_bot, super::bots::delete_bot, super::bots::rotate_secret,
+        super::bots::open_chat,
         super::bots::list_deliveries, super::bots::redeliver_one, super::bots::redeliver_failed,
         super::bots::session_reply,
         super::robots::create_robot, super::robots::list_robots, super::robots::get_robot,

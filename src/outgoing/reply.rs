@@ -227,6 +227,7 @@ async fn notice_group(app: &AppState, org: crate::ids::OrgId) -> Result<Conversa
         title: "herald: bot notices".into(),
         owner_id: owner,
         members: admins,
+        bot: None,
     };
     let created = app.store.create_conversation(&new).await?;
     app.lanes.poke(created.id);

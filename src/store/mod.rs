@@ -60,6 +60,24 @@ pub struct NewConversation {
     pub owner_id: UserId,
     /// Every member, the owner included, without duplicates.
     pub members: Vec<UserId>,
+    /// A 1:1 chat between the one member and this bot: the bot is installed in the same
+    /// transaction, and the pair keys the chat so it exists once.
+    pub bot: Option<crate::ids::BotId>,
+}
+
+impl NewConversation {
+    /// What makes a 1:1 chat unique in its org: its two users, or its user and bot.
+    pub fn single_key(&self) -> Option<String> {
+        if self.kind != ConversationKind::Single {
+            return None;
+        }
+        if let Some(bot) = self.bot {
+            return Some(format!("bot{}:{}", bot.0, self.members.first()?.0));
+        }
+        let a = self.members.iter().map(|u| u.0).min()?;
+        let b = self.members.iter().map(|u| u.0).max()?;
+        Some(format!("{a}:{b}"))
+    }
 }
 
 /// The answer to an enqueue: a new message, or the one that already carries the dedupe key.
@@ -206,8 +224,8 @@ pub trait CoreStore: Send + Sync + 'static {
 
     /// Creates the conversation with its members and queues `conversation.created`.
     async fn create_conversation(&self, new: &NewConversation) -> Result<Conversation>;
-    /// The existing 1:1 chat between two users, if any.
-    async fn find_single(&self, org: OrgId, a: UserId, b: UserId) -> Result<Option<Conversation>>;
+    /// The 1:1 chat with this `NewConversation::single_key`, if it exists.
+    async fn find_single(&self, org: OrgId, key: &str) -> Result<Option<Conversation>>;
     async fn get_conversation(&self, org: OrgId, id: ConversationId) -> Result<Conversation>;
     /// The org's conversations, or only those `member` belongs to.
     async fn list_conversations(

@@ -1,7 +1,7 @@
 //! PostgreSQL, for operators who outgrow one machine. Several herald processes may share one
 //! database: tasks are claimed with `FOR UPDATE SKIP LOCKED` plus a short lease, one
-//! conversation's tasks strictly in order, and pts counters are locked in user order so
-//! concurrent fanouts never deadlock each other.
+//! conversation's tasks strictly in order, and pts counters are updated in user order so
+//! concurrent fanouts do not deadlock each other.
 
 use std::time::Duration;
 
@@ -79,9 +79,33 @@ impl PgStore {
         Ok(tasks)
     }
 
-    /// One statement: lock the recipients' counters in user order, bump them, and insert the
-    /// inbox rows from the bumped values.
+    /// Retries a chunk that lost a deadlock: the statement orders its row locks, so one is
+    /// rare (a plan the planner was not allowed to pick), and the chunk is idempotent.
     async fn fan_out_chunk_impl(&self, job: &ChunkJob<'_>) -> Result<ChunkOutcome> {
+        let mut attempt = 0;
+        loop {
+            match self.fan_out_chunk_once(job).await {
+                Err(StoreError::Db(e)) if is_lock_conflict(&e) && attempt < 3 => {
+                    attempt += 1;
+                    tracing::debug!(
+                        chunk = job.chunk,
+                        attempt,
+                        "fanout lost a lock conflict; retrying"
+                    );
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One statement bumps the recipients' counters and inserts the inbox rows from the bumped
+    /// values. Concurrent fanouts to overlapping groups must take the counters' row locks in
+    /// one order or they deadlock: the recipients come sorted by user id and, with hash and
+    /// merge joins off for this transaction, drive a nested loop over the counters' primary
+    /// key, so each row is locked in user order as it is updated. An explicit
+    /// `SELECT … FOR UPDATE` pass would do the same at the cost of a second write (and WAL
+    /// record) per member.
+    async fn fan_out_chunk_once(&self, job: &ChunkJob<'_>) -> Result<ChunkOutcome> {
         let mut tx = self.writer().begin().await?;
         if !Self::claim_chunk_tx(&mut tx, job).await? {
             tx.rollback().await?;
@@ -90,13 +114,19 @@ impl PgStore {
         if let Some(message) = job.new_message {
             Self::insert_message_tx(&mut tx, message, job.now_ms).await?;
         }
+        sqlx::query(
+            "SELECT set_config('enable_hashjoin', 'off', true), \
+                    set_config('enable_mergejoin', 'off', true)",
+        )
+        .execute(&mut *tx)
+        .await?;
         let sql = format!(
-            "WITH locked AS ( \
-               SELECT p.user_id FROM user_pts p JOIN members m ON m.user_id = p.user_id \
+            "WITH recipients AS MATERIALIZED ( \
+               SELECT m.user_id FROM members m \
                WHERE m.conversation_id = $1 AND m.user_id % $2 = $3 AND m.joined_task <= $7 \
-               ORDER BY p.user_id FOR UPDATE OF p), \
+               ORDER BY m.user_id), \
              bumped AS ( \
-               UPDATE user_pts p SET pts = p.pts + 1 FROM locked l WHERE p.user_id = l.user_id \
+               UPDATE user_pts p SET pts = p.pts + 1 FROM recipients r WHERE p.user_id = r.user_id \
                RETURNING p.user_id, p.pts) \
              INSERT INTO inbox (user_id, pts, kind, conversation_id, ref_id, created_at) \
              SELECT user_id, pts, $4, $1, $5, $6 FROM bumped {}",
@@ -133,8 +163,8 @@ impl PgStore {
         job: &ChunkJob<'_>,
     ) -> Result<Vec<UserId>> {
         let sql = format!(
-            "WITH targets AS (SELECT id FROM ({}) AS ids WHERE id NOT IN \
-               (SELECT user_id FROM members WHERE conversation_id = $1)), \
+            "WITH targets AS MATERIALIZED (SELECT id FROM ({}) AS ids WHERE id NOT IN \
+               (SELECT user_id FROM members WHERE conversation_id = $1) ORDER BY id), \
              bumped AS (UPDATE user_pts p SET pts = p.pts + 1 FROM targets t WHERE p.user_id = t.id \
                RETURNING p.user_id, p.pts) \
              INSERT INTO inbox (user_id, pts, kind, conversation_id, ref_id, created_at) \
@@ -151,6 +181,14 @@ impl PgStore {
             .await?;
         Ok(ids.into_iter().map(UserId).collect())
     }
+}
+
+/// A deadlock or serialization failure: PostgreSQL rolled the transaction back, and running
+/// it again is safe.
+fn is_lock_conflict(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|code| code == "40P01" || code == "40001")
 }
 
 shared_store_impl!(PgStore, sqlx::Postgres);

@@ -517,11 +517,7 @@ macro_rules! shared_store_impl {
                         missing.join(", ")
                     )));
                 }
-                let single_key = (new.kind == ConversationKind::Single).then(|| {
-                    let mut pair: Vec<i64> = new.members.iter().map(|u| u.0).collect();
-                    pair.sort_unstable();
-                    format!("{}:{}", pair[0], pair[pair.len() - 1])
-                });
+                let single_key = new.single_key();
                 let row = sqlx::query(
                     "INSERT INTO conversations (org_id, kind, title, owner_id, member_count, single_key, created_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7) \
@@ -547,6 +543,13 @@ macro_rules! shared_store_impl {
                     .bind(ids_json(&new.members))
                     .execute(&mut *tx)
                     .await?;
+                if let Some(bot) = new.bot {
+                    sqlx::query("INSERT INTO bot_installs (bot_id, conversation_id) VALUES ($1, $2)")
+                        .bind(bot.0)
+                        .bind(conversation.id.0)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 let details = serde_json::json!({
                     "conversation": {
                         "id": conversation.id.to_string(),
@@ -570,13 +573,7 @@ macro_rules! shared_store_impl {
                 Ok(conversation)
             }
 
-            async fn find_single(
-                &self,
-                org: OrgId,
-                a: UserId,
-                b: UserId,
-            ) -> Result<Option<Conversation>> {
-                let key = format!("{}:{}", a.0.min(b.0), a.0.max(b.0));
+            async fn find_single(&self, org: OrgId, key: &str) -> Result<Option<Conversation>> {
                 let row = sqlx::query(
                     "SELECT id, org_id, kind, title, owner_id, member_count, created_at \
                      FROM conversations WHERE org_id = $1 AND single_key = $2",

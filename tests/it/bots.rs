@@ -21,6 +21,7 @@ use crate::harness::{on_both_backends, Backend, Server};
 on_both_backends!(
     callbacks_verify_with_standardwebhooks,
     mention_gets_sync_and_session_replies,
+    direct_chat_with_a_bot,
     down_bot_catches_up_in_order_and_dead_bot_is_disabled,
     slow_bot_does_not_delay_fast_bot,
     ssrf_guard_refuses_private_targets,
@@ -493,6 +494,75 @@ async fn mention_gets_sync_and_session_replies(backend: Backend) {
         .contains("on it"));
     let (status, _) = server.get(&bob, "/api/v1/bots").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+/// A member opens a 1:1 chat with a bot: what they write there reaches the bot as
+/// `message.direct` (conversationType "1"), the reply lands in that chat only, and opening the
+/// chat again answers the same conversation.
+async fn direct_chat_with_a_bot(backend: Backend) {
+    let server = Server::start(backend, &config(2000, "")).await;
+    let admin = server.admin_token();
+    let ids = server.create_users(&admin, "d", 2).await;
+    let alice = token(&server, &admin, &ids[0]).await;
+    let bob = token(&server, &admin, &ids[1]).await;
+    let receiver = Receiver::start(Behaviour::Reply(
+        json!({"msgtype": "text", "text": {"content": "hello alice"}}),
+    ))
+    .await;
+    let bot = create_bot(
+        &server,
+        &admin,
+        json!({"name": "faq", "callback_url": receiver.url, "triggers": ["direct"]}),
+    )
+    .await;
+    let chats = format!("/api/v1/bots/{}/chats", bot.id);
+    let (status, chat) = server.post(&alice, &chats, json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{chat}");
+    assert_eq!(chat["kind"], "single");
+    let chat_id = chat["id"].as_str().unwrap().to_string();
+    let (status, again) = server.post(&alice, &chats, json!({})).await;
+    assert_eq!((status, &again["id"]), (StatusCode::OK, &chat["id"]));
+    let (status, bobs) = server.post(&bob, &chats, json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{bobs}");
+    assert_ne!(bobs["id"], chat["id"]);
+
+    let (status, posted) = server.send_text(&alice, &chat_id, "how do I deploy?").await;
+    assert_eq!(status, StatusCode::CREATED, "{posted}");
+    let hits = receiver.wait_for(1, Duration::from_secs(10)).await;
+    let event = &hits[0].body;
+    assert_eq!(event["event"], "message.direct");
+    assert_eq!(event["conversationType"], "1");
+    assert_eq!(event["conversationId"], chat_id.as_str());
+    assert_eq!(event["text"]["content"], "how do I deploy?");
+    eventually(Duration::from_secs(10), "the reply in the chat", || async {
+        bot_texts(&server, &alice)
+            .await
+            .contains(&"hello alice".to_string())
+    })
+    .await;
+    // Bob is not in Alice's chat: neither her question nor the reply reaches him, and he
+    // cannot post there.
+    assert!(!bot_texts(&server, &bob)
+        .await
+        .contains(&"hello alice".to_string()));
+    let (status, _) = server.send_text(&bob, &chat_id, "let me in").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // A bot without the direct trigger takes no 1:1 chats.
+    let mention_only = create_bot(
+        &server,
+        &admin,
+        json!({"name": "quiet", "callback_url": receiver.url, "triggers": ["mention"]}),
+    )
+    .await;
+    let (status, answer) = server
+        .post(
+            &alice,
+            &format!("/api/v1/bots/{}/chats", mention_only.id),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(receiver.hits().len(), 1);
 }
 
 async fn down_bot_catches_up_in_order_and_dead_bot_is_disabled(backend: Backend) {
