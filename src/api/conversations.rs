@@ -91,12 +91,10 @@ pub(crate) async fn create_conversation(
         (ConversationKind::Group, _) => return Err(ApiError::bad_request("a group needs a title")),
         (ConversationKind::Single, t) => t.unwrap_or_default(),
     };
-    if kind == ConversationKind::Single {
-        if members.len() != 2 {
-            return Err(ApiError::bad_request(
-                "a 1:1 chat has exactly one other member",
-            ));
-        }
+    if kind == ConversationKind::Single && members.len() != 2 {
+        return Err(ApiError::bad_request(
+            "a 1:1 chat has exactly one other member",
+        ));
     }
     let new = NewConversation {
         org_id: caller.org(),
