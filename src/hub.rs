@@ -67,6 +67,11 @@ impl Hub {
         }
     }
 
+    /// The users with at least one live connection here.
+    pub fn subscribed_users(&self) -> Vec<UserId> {
+        self.lock().keys().copied().collect()
+    }
+
     /// The subscription generation (see `wake_if_subscribed_since`).
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)

@@ -8,7 +8,8 @@
 //! 2. **queue** (`queue`): commit a task row to the durable queue and answer at once.
 //! 3. **fanout** (`fanout`): lane workers claim tasks in order per conversation and write one
 //!    inbox row per member, each with the member's next pts, in the same transaction.
-//! 4. **hub** (`hub`): after each commit, wake the members' live connections.
+//! 4. **hub** (`hub`): after each commit, wake the members' live connections (on PostgreSQL,
+//!    other herald processes hear the commit through NOTIFY and wake theirs).
 //! 5. **sync** (`sync`): `/sync`, SSE and WebSocket read the inbox after the client's cursor,
 //!    so a reconnect with the last pts gets exactly what it missed.
 //!
@@ -132,6 +133,9 @@ pub async fn run(
     app.outgoing.set_listen_addr(listener.local_addr()?);
     let mut workers = workers;
     workers.extend(outgoing::worker::spawn(app.clone(), shutdown.clone()));
+    if let Some(changes) = app.store.watch_inbox().await? {
+        workers.push(tokio::spawn(sync::relay_peer_writes(app.clone(), changes)));
+    }
     let router = api::router(app.clone());
     let router = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, router)

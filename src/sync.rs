@@ -14,9 +14,9 @@ use crate::AppState;
 
 /// Events read per round trip by a live feed.
 const FEED_PAGE: i64 = 256;
-/// On PostgreSQL a feed re-reads the inbox at least this often even without a wake-up: another
-/// herald process on the same database may have written the events.
-const FEED_POLL_SHARED: Duration = Duration::from_secs(2);
+/// On PostgreSQL other herald processes' writes arrive as NOTIFY wake-ups
+/// (`relay_peer_writes`); the poll covers only a notice lost while the listener reconnects.
+const FEED_POLL_SHARED: Duration = Duration::from_secs(10);
 /// With SQLite one process owns the store, so every write wakes the hub; the poll is only a
 /// safety net and idle connections cost (almost) nothing.
 const FEED_POLL_EMBEDDED: Duration = Duration::from_secs(30);
@@ -144,5 +144,35 @@ impl Feed {
             _ = tokio::time::sleep(self.poll_interval()) => {}
             _ = self.app.shutdown.cancelled() => {}
         }
+    }
+}
+
+/// Wakes this process's connections for inbox rows another process committed: the members of
+/// the conversation who are connected here, and the extra users the notice names.
+pub async fn relay_peer_writes(
+    app: AppState,
+    mut changes: tokio::sync::mpsc::Receiver<crate::store::InboxChange>,
+) {
+    loop {
+        let change = tokio::select! {
+            change = changes.recv() => match change {
+                Some(change) => change,
+                None => return,
+            },
+            _ = app.shutdown.cancelled() => return,
+        };
+        let here = app.hub.subscribed_users();
+        if here.is_empty() {
+            continue;
+        }
+        match app
+            .store
+            .members_among(change.conversation, &here, &[])
+            .await
+        {
+            Ok(members) => app.hub.wake(&members),
+            Err(e) => tracing::warn!(error = %e, "could not relay a peer's inbox write"),
+        }
+        app.hub.wake(&change.users);
     }
 }

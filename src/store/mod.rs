@@ -295,6 +295,18 @@ pub trait CoreStore: Send + Sync + 'static {
     async fn read_events(&self, user: UserId, since: i64, limit: i64) -> Result<Vec<Event>>;
     /// The user's current pts (the highest written).
     async fn head_pts(&self, user: UserId) -> Result<i64>;
+    /// Inbox writes committed by other herald processes sharing this database, so this
+    /// process can wake its own live connections. `None` when no other process can write
+    /// (the embedded SQLite store is owned by one process).
+    async fn watch_inbox(&self) -> Result<Option<tokio::sync::mpsc::Receiver<InboxChange>>>;
+}
+
+/// Another process committed inbox rows for a conversation's members (and for `users`, who
+/// heard the event without being members, such as someone who just left).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxChange {
+    pub conversation: ConversationId,
+    pub users: Vec<UserId>,
 }
 
 /// Opens the store named by the config: PostgreSQL for a `postgres://` URL, else the SQLite

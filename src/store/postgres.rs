@@ -19,8 +19,16 @@ use crate::model::{Role, SenderKind};
 /// How long a claimed task stays hidden from other processes before it is retried.
 const LEASE_MS: i64 = 15_000;
 
+/// The channel a fanout notifies on commit; other processes wake their connections from it.
+const INBOX_CHANNEL: &str = "herald_inbox";
+/// NOTIFY payloads must stay under 8,000 bytes; past this many extra users the payload says
+/// "wake every member" instead of naming them.
+const MAX_NOTIFIED_USERS: usize = 200;
+
 pub struct PgStore {
     pool: PgPool,
+    /// Tags this process's notifications, so it does not wake its connections twice.
+    origin: u64,
 }
 
 impl PgStore {
@@ -33,7 +41,10 @@ impl PgStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            origin: rand::random(),
+        })
     }
 
     pub(super) fn writer(&self) -> &PgPool {
@@ -150,11 +161,59 @@ impl PgStore {
         if job.chunk == 0 && !job.also_notify.is_empty() {
             recipients.extend(self.notify_non_members(&mut tx, job).await?);
         }
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(INBOX_CHANNEL)
+            .bind(self.inbox_notice(job))
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(ChunkOutcome {
             applied: true,
             recipients,
         })
+    }
+
+    /// `origin:conversation[:user,user,…]`; delivered to listeners only if the chunk commits.
+    fn inbox_notice(&self, job: &ChunkJob<'_>) -> String {
+        let mut notice = format!("{}:{}", self.origin, job.conversation_id.0);
+        if job.chunk == 0 && !job.also_notify.is_empty() {
+            let users: Vec<String> = job
+                .also_notify
+                .iter()
+                .take(MAX_NOTIFIED_USERS)
+                .map(|u| u.0.to_string())
+                .collect();
+            notice.push(':');
+            notice.push_str(&users.join(","));
+        }
+        notice
+    }
+
+    /// Listens for other processes' inbox notices. The listener reconnects by itself; a
+    /// notice lost while it does costs a feed's poll interval, never an event.
+    async fn watch_inbox_impl(&self) -> Result<Option<tokio::sync::mpsc::Receiver<InboxChange>>> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen(INBOX_CHANNEL).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let origin = self.origin;
+        tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(notice) => {
+                        if let Some(change) = parse_inbox_notice(notice.payload(), origin) {
+                            if tx.send(change).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "inbox listener lost its connection; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Ok(Some(rx))
     }
 
     async fn notify_non_members(
@@ -183,6 +242,29 @@ impl PgStore {
     }
 }
 
+/// The change another process announced, or `None` for this process's own notices.
+fn parse_inbox_notice(payload: &str, own_origin: u64) -> Option<InboxChange> {
+    let mut parts = payload.splitn(3, ':');
+    let origin: u64 = parts.next()?.parse().ok()?;
+    if origin == own_origin {
+        return None;
+    }
+    let conversation = ConversationId(parts.next()?.parse().ok()?);
+    let users = parts
+        .next()
+        .map(|list| {
+            list.split(',')
+                .filter_map(|u| u.parse().ok())
+                .map(UserId)
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(InboxChange {
+        conversation,
+        users,
+    })
+}
+
 /// A deadlock or serialization failure: PostgreSQL rolled the transaction back, and running
 /// it again is safe.
 fn is_lock_conflict(e: &sqlx::Error) -> bool {
@@ -192,3 +274,22 @@ fn is_lock_conflict(e: &sqlx::Error) -> bool {
 }
 
 shared_store_impl!(PgStore, sqlx::Postgres);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inbox_notices_round_trip_and_skip_our_own() {
+        assert_eq!(
+            parse_inbox_notice("7:42:1,2", 9),
+            Some(InboxChange {
+                conversation: ConversationId(42),
+                users: vec![UserId(1), UserId(2)],
+            })
+        );
+        assert_eq!(parse_inbox_notice("7:42", 9).map(|c| c.users), Some(vec![]));
+        assert_eq!(parse_inbox_notice("9:42", 9), None);
+        assert_eq!(parse_inbox_notice("garbage", 9), None);
+    }
+}

@@ -4,7 +4,8 @@
 //! as inherent methods the macro calls.
 
 /// Expands the shared part of `impl Store` for a backend type. The backend provides
-/// `writer()`, `reader()`, `ids_from(param)`, `claim_tasks_impl` and `fan_out_chunk_impl`.
+/// `writer()`, `reader()`, `ids_from(param)`, `claim_tasks_impl`, `fan_out_chunk_impl` and
+/// `watch_inbox_impl`.
 macro_rules! shared_store_impl {
     ($store:ty, $db:ty) => {
         impl $store {
@@ -882,6 +883,10 @@ macro_rules! shared_store_impl {
 
             async fn fan_out_chunk(&self, job: &ChunkJob<'_>) -> Result<ChunkOutcome> {
                 self.fan_out_chunk_impl(job).await
+            }
+
+            async fn watch_inbox(&self) -> Result<Option<tokio::sync::mpsc::Receiver<InboxChange>>> {
+                self.watch_inbox_impl().await
             }
 
             async fn complete_task(&self, task_id: i64) -> Result<()> {

@@ -74,6 +74,12 @@ impl SqliteStore {
         format!("SELECT value FROM json_each({param})")
     }
 
+    /// Only this process writes the file (the data-dir lock), and it wakes its own
+    /// connections.
+    async fn watch_inbox_impl(&self) -> Result<Option<tokio::sync::mpsc::Receiver<InboxChange>>> {
+        Ok(None)
+    }
+
     /// The process is the only one on this file, so claiming is a plain read: lanes split the
     /// conversations between workers and each lane runs its tasks one by one.
     async fn claim_tasks_impl(&self, lane: u32, lanes: u32, limit: i64) -> Result<Vec<QueuedTask>> {

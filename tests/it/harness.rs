@@ -182,6 +182,29 @@ impl Server {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
+    /// A second herald process on this server's PostgreSQL database (its own data dir and
+    /// port, the same config).
+    pub async fn peer(&self) -> Server {
+        assert!(
+            self.database_url.is_some(),
+            "peers share a PostgreSQL database"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("herald.toml");
+        std::fs::copy(&self.config_path, &config_path).expect("copy config");
+        let mut peer = Server {
+            base: String::new(),
+            http: self.http.clone(),
+            child: None,
+            dir,
+            database_url: self.database_url.clone(),
+            config_path,
+        };
+        peer.spawn();
+        peer.wait_healthy().await;
+        peer
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

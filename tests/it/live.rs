@@ -183,3 +183,30 @@ async fn slow_client_is_told_to_resync(backend: Backend) {
     server.send_text(&admin, &group, "caught up").await;
     assert_eq!(live.next(WAIT).await.expect("event").id, Some(302));
 }
+
+/// Two herald processes on one PostgreSQL database: a message posted through one reaches a
+/// stream held by the other at once, woken by NOTIFY (the feeds' safety-net poll is 10 s,
+/// longer than this test waits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_processes_wake_each_others_streams() {
+    let first = Server::start(Backend::Postgres, "").await;
+    let second = first.peer().await;
+    let admin = first.admin_token();
+    let ids = first.create_users(&admin, "p", 2).await;
+    let alice = first.token_for(&admin, &ids[0]).await;
+    let bob = first.token_for(&admin, &ids[1]).await;
+    let group = first.create_group(&alice, "peers", &ids[1..]).await;
+    let mut stream = Sse::connect(&second, &bob, None).await;
+    // Drain what is already there (conversation.created).
+    while stream.next(Duration::from_millis(500)).await.is_some() {}
+    for i in 0..3 {
+        let text = format!("across processes {i}");
+        let (status, body) = first.send_text(&alice, &group, &text).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let frame = stream
+            .next(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("message {i} never reached the peer's stream"));
+        assert_eq!(frame.data["message"]["text"]["content"], text.as_str());
+    }
+}
