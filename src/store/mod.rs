@@ -198,9 +198,9 @@ pub struct Page<T> {
 
 /// herald's storage: one narrow trait per area, each implemented by both backends.
 /// Add an area by adding its trait to this list.
-pub trait Store: CoreStore + BotStore + RobotStore {}
+pub trait Store: CoreStore + BotStore + DeliveryStore + RobotStore {}
 
-impl<T: CoreStore + BotStore + RobotStore> Store for T {}
+impl<T: CoreStore + BotStore + DeliveryStore + RobotStore> Store for T {}
 
 /// The core: tenancy, people, conversations, messages, the task queue and the inboxes.
 /// Every method that takes an `OrgId` only ever sees that org's rows.
