@@ -25,6 +25,7 @@ on_both_backends!(
     down_bot_catches_up_in_order_and_dead_bot_is_disabled,
     slow_bot_does_not_delay_fast_bot,
     ssrf_guard_refuses_private_targets,
+    dns_rebinding_is_refused_at_delivery,
     pending_retries_survive_restart,
 );
 
@@ -743,6 +744,85 @@ async fn ssrf_guard_refuses_private_targets(backend: Backend) {
     assert!(
         body["errmsg"].as_str().unwrap().contains("keyword"),
         "{body}"
+    );
+}
+
+/// A name in /etc/hosts (the system resolver herald uses), removed again on drop.
+struct HostsEntry {
+    name: String,
+}
+
+impl HostsEntry {
+    const FILE: &'static str = "/etc/hosts";
+
+    fn new(name: &str, ip: &str) -> HostsEntry {
+        let entry = HostsEntry {
+            name: name.to_string(),
+        };
+        entry.point_to(ip);
+        entry
+    }
+
+    /// Rewrites the entry in place: glibc reads the file on every lookup.
+    fn point_to(&self, ip: &str) {
+        let kept: Vec<String> = std::fs::read_to_string(Self::FILE)
+            .expect("read /etc/hosts")
+            .lines()
+            .filter(|l| !l.ends_with(&format!(" {}", self.name)))
+            .map(str::to_string)
+            .collect();
+        let mut text = kept.join("\n");
+        text.push_str(&format!("\n{ip} {}\n", self.name));
+        std::fs::write(Self::FILE, text)
+            .expect("the rebinding test edits /etc/hosts and must run as root (CI does)");
+    }
+}
+
+impl Drop for HostsEntry {
+    fn drop(&mut self) {
+        if let Ok(text) = std::fs::read_to_string(Self::FILE) {
+            let kept: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.ends_with(&format!(" {}", self.name)))
+                .collect();
+            let _ = std::fs::write(Self::FILE, kept.join("\n") + "\n");
+        }
+    }
+}
+
+/// DNS rebinding: the callback's name resolves to a public address when the bot is
+/// registered, then to loopback (not allowlisted) when herald delivers. The delivery is
+/// refused after resolution, recorded with the reason, and nothing reaches the receiver.
+async fn dns_rebinding_is_refused_at_delivery(backend: Backend) {
+    let retries = "[outgoing]\ntimeout_ms = 1000\nretry_schedule_seconds = [0.2, 0.2]\n";
+    let server = Server::start(backend, retries).await;
+    let admin = server.admin_token();
+    let ids = server.create_users(&admin, "r", 1).await;
+    let group = server.create_group(&admin, "rebind", &ids).await;
+    let receiver = Receiver::start(Behaviour::Ok).await;
+    let port = receiver.url.rsplit(':').next().unwrap().to_string();
+    let name = format!("rebind-{:x}.herald-test", rand::random::<u32>());
+    let hosts = HostsEntry::new(&name, "93.184.216.34");
+    let bot = create_bot(
+        &server,
+        &admin,
+        json!({"name": "rebinder", "callback_url": format!("http://{name}:{port}"),
+               "conversations": [group], "triggers": ["all"]}),
+    )
+    .await;
+    hosts.point_to("127.0.0.1");
+    let (status, body) = server.send_text(&admin, &group, "hello?").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let failed = deliveries(&server, &admin, &bot.id, "failed", 1).await;
+    let attempts = failed[0]["attempts"].as_array().unwrap();
+    assert!(!attempts.is_empty());
+    for attempt in attempts {
+        let error = attempt["error"].as_str().unwrap_or_default();
+        assert!(error.contains("loopback"), "{attempt}");
+    }
+    assert!(
+        receiver.hits().is_empty(),
+        "a rebinding name reached loopback"
     );
 }
 
