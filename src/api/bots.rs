@@ -48,7 +48,7 @@ pub(crate) struct CreateBot {
     triggers: Vec<Trigger>,
     #[serde(default)]
     keywords: Vec<String>,
-    /// Opt-in: `message.recalled`, `member.joined`, `member.left`.
+    /// Opt-in: `message.recalled`, `message.updated`, `member.joined`, `member.left`.
     #[serde(default)]
     events: Vec<BotEvent>,
 }
@@ -156,7 +156,7 @@ fn check_rules(
     }
     if let Some(e) = events.iter().find(|e| !e.is_opt_in()) {
         return Err(ApiError::bad_request(format!(
-            "events lists opt-in events only (message.recalled, member.joined, member.left), not {}",
+            "events lists opt-in events only (message.recalled, message.updated, member.joined, member.left), not {}",
             e.name()
         )));
     }

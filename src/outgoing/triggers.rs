@@ -33,6 +33,9 @@ pub enum BotEvent {
     MessageDirect,
     #[serde(rename = "message.recalled")]
     MessageRecalled,
+    /// A message edited in place (a card showing a pull request's or an alert's latest state).
+    #[serde(rename = "message.updated")]
+    MessageUpdated,
     #[serde(rename = "member.joined")]
     MemberJoined,
     #[serde(rename = "member.left")]
@@ -46,6 +49,7 @@ impl BotEvent {
             BotEvent::MessageCreated => "message.created",
             BotEvent::MessageDirect => "message.direct",
             BotEvent::MessageRecalled => "message.recalled",
+            BotEvent::MessageUpdated => "message.updated",
             BotEvent::MemberJoined => "member.joined",
             BotEvent::MemberLeft => "member.left",
         }
@@ -55,7 +59,10 @@ impl BotEvent {
     pub fn is_opt_in(self) -> bool {
         matches!(
             self,
-            BotEvent::MessageRecalled | BotEvent::MemberJoined | BotEvent::MemberLeft
+            BotEvent::MessageRecalled
+                | BotEvent::MessageUpdated
+                | BotEvent::MemberJoined
+                | BotEvent::MemberLeft
         )
     }
 }
@@ -82,6 +89,7 @@ pub fn event_for(
     match kind {
         EventKind::MessageCreated => message.and_then(|m| message_event(rules, conversation, m)),
         EventKind::MessageRecalled => opted(BotEvent::MessageRecalled),
+        EventKind::MessageUpdated => opted(BotEvent::MessageUpdated),
         EventKind::MemberJoined => opted(BotEvent::MemberJoined),
         EventKind::MemberLeft => opted(BotEvent::MemberLeft),
         _ => None,
@@ -131,7 +139,7 @@ mod tests {
             name: "helper".into(),
             triggers: triggers.to_vec(),
             keywords: vec!["deploy".into()],
-            events: vec![BotEvent::MemberJoined],
+            events: vec![BotEvent::MemberJoined, BotEvent::MessageUpdated],
         }
     }
 
@@ -201,5 +209,13 @@ mod tests {
             Some(BotEvent::MemberJoined)
         );
         assert_eq!(event_for(&r, EventKind::MemberLeft, group, None), None);
+        assert_eq!(
+            event_for(&r, EventKind::MessageUpdated, group, None),
+            Some(BotEvent::MessageUpdated)
+        );
+        assert_eq!(
+            event_for(&rules(&[]), EventKind::MessageRecalled, group, None),
+            None
+        );
     }
 }

@@ -513,7 +513,8 @@ async fn direct_chat_with_a_bot(backend: Backend) {
     let bot = create_bot(
         &server,
         &admin,
-        json!({"name": "faq", "callback_url": receiver.url, "triggers": ["direct"]}),
+        json!({"name": "faq", "callback_url": receiver.url, "triggers": ["direct"],
+               "events": ["message.updated"]}),
     )
     .await;
     let chats = format!("/api/v1/bots/{}/chats", bot.id);
@@ -548,6 +549,22 @@ async fn direct_chat_with_a_bot(backend: Backend) {
         .contains(&"hello alice".to_string()));
     let (status, _) = server.send_text(&bob, &chat_id, "let me in").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // Editing the question reaches the bot (opted in) as message.updated, new text included.
+    let (status, edited) = server
+        .call(
+            Method::PUT,
+            &alice,
+            &format!("/api/v1/messages/{}", posted["id"].as_str().unwrap()),
+            Some(json!({"msgtype": "text", "text": {"content": "how do I roll back?"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{edited}");
+    let hits = receiver.wait_for(2, Duration::from_secs(10)).await;
+    let update = &hits[1].body;
+    assert_eq!(update["event"], "message.updated");
+    assert_eq!(update["msgId"], posted["id"]);
+    assert_eq!(update["text"]["content"], "how do I roll back?");
+    assert_ne!(update["id"], event["id"]);
     // A bot without the direct trigger takes no 1:1 chats.
     let mention_only = create_bot(
         &server,
@@ -563,7 +580,7 @@ async fn direct_chat_with_a_bot(backend: Backend) {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
-    assert_eq!(receiver.hits().len(), 1);
+    assert_eq!(receiver.hits().len(), 2);
 }
 
 async fn down_bot_catches_up_in_order_and_dead_bot_is_disabled(backend: Backend) {

@@ -106,7 +106,8 @@ macro_rules! bot_store_impl {
                 let relevant = matches!(
                     job.kind,
                     EventKind::MessageCreated | EventKind::MessageRecalled
-                        | EventKind::MemberJoined | EventKind::MemberLeft
+                        | EventKind::MessageUpdated | EventKind::MemberJoined
+                        | EventKind::MemberLeft
                 );
                 if job.chunk != 0 || !relevant {
                     return Ok(());
@@ -169,7 +170,12 @@ macro_rules! bot_store_impl {
                     .fetch_one(&mut **tx)
                     .await?;
                 let mut context = EventContext {
-                    event_id: format!("evt_{}_{}", job.kind.code(), job.ref_id),
+                    // A message is updated many times: each update is its own event.
+                    event_id: if job.kind == EventKind::MessageUpdated {
+                        format!("evt_{}_{}_{}", job.kind.code(), job.ref_id, job.task_id)
+                    } else {
+                        format!("evt_{}_{}", job.kind.code(), job.ref_id)
+                    },
                     conversation_id: job.conversation_id,
                     conversation_kind: ConversationKind::parse(row.try_get::<&str, _>("kind")?),
                     conversation_title: row.try_get("title")?,
@@ -179,7 +185,7 @@ macro_rules! bot_store_impl {
                     details: None,
                     created_at_ms: job.now_ms,
                 };
-                if job.kind == EventKind::MessageRecalled {
+                if matches!(job.kind, EventKind::MessageRecalled | EventKind::MessageUpdated) {
                     context.message = Self::message_record_tx(tx, job.ref_id).await?;
                 }
                 if matches!(job.kind, EventKind::MemberJoined | EventKind::MemberLeft) {
