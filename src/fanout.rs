@@ -5,8 +5,11 @@
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 
-use crate::store::{ChunkJob, MessageRecord, QueuedTask, StoreError, Task};
-use crate::{clock, model::EventKind, AppState};
+use std::sync::Arc;
+
+use crate::model::{Content, Event, EventKind, Message};
+use crate::store::{ChunkJob, ChunkOutcome, MessageRecord, QueuedTask, StoreError, Task};
+use crate::{clock, AppState};
 
 /// Processes one queued task. Safe to run again after a crash at any point.
 pub async fn fan_out(app: &AppState, queued: &QueuedTask) -> Result<(), StoreError> {
@@ -27,16 +30,20 @@ pub async fn fan_out(app: &AppState, queued: &QueuedTask) -> Result<(), StoreErr
         want_recipients: listening,
         now_ms: clock::now_ms(),
     };
-    let wake = |recipients: &[crate::ids::UserId]| {
-        app.hub.wake(recipients);
+    let wake = |job: &ChunkJob<'_>, outcome: &ChunkOutcome| {
+        if let Some(event) = plan.event(job.now_ms) {
+            app.hub.remember(&Arc::new(event), &outcome.member_pts);
+        }
+        app.hub.wake(&outcome.recipients);
         if !listening {
             app.hub.wake_if_subscribed_since(generation);
         }
     };
     // Chunk 0 may have queued bot deliveries (see `outgoing`).
     if chunks == 1 {
-        let outcome = app.store.fan_out_chunk(&job(0)).await?;
-        wake(&outcome.recipients);
+        let job = job(0);
+        let outcome = app.store.fan_out_chunk(&job).await?;
+        wake(&job, &outcome);
         app.outgoing.wake.notify_one();
         return Ok(());
     }
@@ -46,7 +53,7 @@ pub async fn fan_out(app: &AppState, queued: &QueuedTask) -> Result<(), StoreErr
             let job = job(chunk);
             async move {
                 let outcome = app.store.fan_out_chunk(&job).await?;
-                wake(&outcome.recipients);
+                wake(&job, &outcome);
                 Ok::<_, StoreError>(())
             }
         })
@@ -99,6 +106,34 @@ impl<'a> Plan<'a> {
 
     fn conversation_id(&self) -> crate::ids::ConversationId {
         self.conversation
+    }
+
+    /// The event as a member's stream shows it, for a new message (other events carry stored
+    /// details the task does not hold, and are read back instead).
+    fn event(&self, now_ms: i64) -> Option<Event> {
+        let record = self
+            .message
+            .filter(|_| self.kind == EventKind::MessageCreated)?;
+        let content = Content::from_parts(&record.msgtype, record.content.clone()).ok()?;
+        Some(Event {
+            pts: 0,
+            kind: self.kind,
+            conversation_id: record.conversation_id,
+            created_at_ms: now_ms,
+            message: Some(Message {
+                id: record.id,
+                org_id: record.org_id,
+                conversation_id: record.conversation_id,
+                sender: record.sender.clone(),
+                content,
+                at: record.at.clone(),
+                thread_key: record.thread_key.clone(),
+                dedupe_key: record.dedupe_key.clone(),
+                recalled: false,
+                created_at_ms: record.created_at_ms,
+            }),
+            details: None,
+        })
     }
 }
 

@@ -1,5 +1,8 @@
-//! The hub wakes live connections; it never carries events. Inbox rows are the truth and every
-//! connection reads them after its own cursor, so a lost wake-up costs latency, not data.
+//! The hub wakes live connections. Inbox rows are the truth and every connection reads them
+//! after its own cursor, so a lost wake-up costs latency, not data. To spare a thousand
+//! connections a thousand reads of the same new message, the hub also remembers each connected
+//! user's newest event with its pts (`remember`): a connection whose cursor is exactly one
+//! behind takes it from there; any other gap falls back to reading the inbox.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -8,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 use crate::ids::UserId;
+use crate::model::Event;
 
 /// One live connection's doorbell.
 #[derive(Default)]
@@ -30,6 +34,8 @@ pub struct Hub {
     /// Bumped by every subscription, so a fanout that decided nobody was listening can tell
     /// that someone subscribed while it ran.
     generation: AtomicU64,
+    /// Connected users' newest committed event: its pts and the event (stored with pts 0).
+    recent: Mutex<HashMap<UserId, (i64, Arc<Event>)>>,
 }
 
 /// Keeps a listener registered while a connection lives.
@@ -65,6 +71,35 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// Remembers a just-committed event for the connected users among `delivered` (each
+    /// with the pts it got). Call after the commit and before `wake`.
+    pub fn remember(&self, event: &Arc<Event>, delivered: &[(UserId, i64)]) {
+        if !self.has_listeners() || delivered.is_empty() {
+            return;
+        }
+        let listeners = self.lock();
+        let mut recent = self.recent();
+        for (user, pts) in delivered {
+            if listeners.contains_key(user) {
+                recent.insert(*user, (*pts, event.clone()));
+            }
+        }
+    }
+
+    /// The user's event at exactly `pts`, if it is the one remembered.
+    pub fn recent_event(&self, user: UserId, pts: i64) -> Option<Event> {
+        let recent = self.recent();
+        let (at, event) = recent.get(&user)?;
+        (*at == pts).then(|| Event {
+            pts,
+            ..Event::clone(event)
+        })
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, (i64, Arc<Event>)>> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The users with at least one live connection here.
@@ -118,6 +153,7 @@ impl Drop for Subscription {
             list.retain(|l| !Arc::ptr_eq(l, &self.listener));
             if list.is_empty() {
                 map.remove(&self.user);
+                self.hub.recent().remove(&self.user);
             }
         }
         self.hub.count.fetch_sub(1, Ordering::Relaxed);

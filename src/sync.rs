@@ -87,6 +87,10 @@ impl Feed {
                 self.cursor = event.pts;
                 return Some(FeedItem::Event(Box::new(event)));
             }
+            if let Some(event) = self.app.hub.recent_event(self.user, self.cursor + 1) {
+                self.buffer.push_back(event);
+                continue;
+            }
             let page = match self
                 .app
                 .store

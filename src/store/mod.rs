@@ -188,6 +188,9 @@ impl ChunkJob<'_> {
 pub struct ChunkOutcome {
     pub applied: bool,
     pub recipients: Vec<UserId>,
+    /// The members written to and the pts each got (when recipients were asked for), so
+    /// live connections can be handed the event without reading it back.
+    pub member_pts: Vec<(UserId, i64)>,
 }
 
 /// A page of a list.

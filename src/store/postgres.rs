@@ -142,12 +142,12 @@ impl PgStore {
              INSERT INTO inbox (user_id, pts, kind, conversation_id, ref_id, created_at) \
              SELECT user_id, pts, $4, $1, $5, $6 FROM bumped {}",
             if job.want_recipients {
-                "RETURNING user_id"
+                "RETURNING user_id, pts"
             } else {
                 ""
             }
         );
-        let recipients: Vec<i64> = sqlx::query_scalar(&sql)
+        let recipients: Vec<(i64, i64)> = sqlx::query_as(&sql)
             .bind(job.conversation_id.0)
             .bind(job.chunks as i64)
             .bind(job.chunk as i64)
@@ -157,7 +157,11 @@ impl PgStore {
             .bind(job.task_id)
             .fetch_all(&mut *tx)
             .await?;
-        let mut recipients: Vec<UserId> = recipients.into_iter().map(UserId).collect();
+        let member_pts: Vec<(UserId, i64)> = recipients
+            .into_iter()
+            .map(|(user, pts)| (UserId(user), pts))
+            .collect();
+        let mut recipients: Vec<UserId> = member_pts.iter().map(|(user, _)| *user).collect();
         if job.chunk == 0 && !job.also_notify.is_empty() {
             recipients.extend(self.notify_non_members(&mut tx, job).await?);
         }
@@ -170,6 +174,7 @@ impl PgStore {
         Ok(ChunkOutcome {
             applied: true,
             recipients,
+            member_pts,
         })
     }
 

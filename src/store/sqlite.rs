@@ -120,9 +120,9 @@ impl SqliteStore {
             "INSERT INTO inbox (user_id, pts, kind, conversation_id, ref_id, created_at) \
              SELECT p.user_id, p.pts, $4, $1, $5, $6 FROM members m JOIN user_pts p ON p.user_id = m.user_id \
              WHERE m.conversation_id = $1 AND m.user_id % $2 = $3 AND m.joined_task <= $7 {}",
-            if job.want_recipients { "RETURNING user_id" } else { "" }
+            if job.want_recipients { "RETURNING user_id, pts" } else { "" }
         );
-        let recipients: Vec<i64> = sqlx::query_scalar(&insert)
+        let recipients: Vec<(i64, i64)> = sqlx::query_as(&insert)
             .bind(job.conversation_id.0)
             .bind(job.chunks as i64)
             .bind(job.chunk as i64)
@@ -132,7 +132,11 @@ impl SqliteStore {
             .bind(job.task_id)
             .fetch_all(&mut *tx)
             .await?;
-        let mut recipients: Vec<UserId> = recipients.into_iter().map(UserId).collect();
+        let member_pts: Vec<(UserId, i64)> = recipients
+            .into_iter()
+            .map(|(user, pts)| (UserId(user), pts))
+            .collect();
+        let mut recipients: Vec<UserId> = member_pts.iter().map(|(user, _)| *user).collect();
         if job.chunk == 0 && !job.also_notify.is_empty() {
             recipients.extend(self.notify_non_members(&mut tx, job).await?);
         }
@@ -140,6 +144,7 @@ impl SqliteStore {
         Ok(ChunkOutcome {
             applied: true,
             recipients,
+            member_pts,
         })
     }
 

@@ -42,6 +42,7 @@ async fn sse_resumes_from_last_event_id(backend: Backend) {
         );
     }
     let mut last = 1;
+    let mut pushed = Vec::new();
     for i in 0..3 {
         let frame = live.next(WAIT).await.expect("live event");
         assert_eq!(frame.event, "message.created");
@@ -52,7 +53,11 @@ async fn sse_resumes_from_last_event_id(backend: Backend) {
         assert_eq!(frame.id, Some(last + 1));
         assert_eq!(frame.data["pts"], last + 1);
         last += 1;
+        pushed.push(frame.data);
     }
+    // What was pushed (often straight from the fanout, not read back) is exactly what the
+    // inbox serves.
+    assert_eq!(pushed, server.sync_all(&reader, 1).await);
     drop(live);
     // Offline: five more messages.
     for i in 0..5 {
