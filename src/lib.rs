@@ -132,6 +132,10 @@ pub async fn run(
     app.outgoing.set_listen_addr(listener.local_addr()?);
     let mut workers = workers;
     workers.extend(outgoing::worker::spawn(app.clone(), shutdown.clone()));
+    workers.push(tokio::spawn(ingress::stats::flush_loop(
+        app.clone(),
+        shutdown.clone(),
+    )));
     let router = api::router(app.clone());
     let router = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, router)

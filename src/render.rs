@@ -21,6 +21,10 @@ pub struct Manifest {
     pub source: String,
     #[serde(default)]
     pub description: String,
+    /// Fields a card update takes from the card's earlier events when the later event lacks
+    /// them (PagerDuty's acknowledge carries no summary).
+    #[serde(default)]
+    pub keep_on_update: Vec<String>,
     pub events: BTreeMap<String, EventSpec>,
 }
 
@@ -40,6 +44,7 @@ pub struct EventSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ButtonSpec {
+    /// MiniJinja, like the card title; a button whose title renders empty is left out.
     pub title: String,
     /// MiniJinja; a button whose URL renders empty is left out.
     pub url: String,
@@ -107,6 +112,14 @@ fn spec_for<'a>(manifest: &'a Manifest, event: &str) -> Option<&'a EventSpec> {
     })
 }
 
+/// The fields the source's card updates keep from earlier events (`keep_on_update`).
+pub fn kept_fields(source: &str) -> &'static [String] {
+    catalog()
+        .manifests
+        .get(source)
+        .map_or(&[], |m| m.keep_on_update.as_slice())
+}
+
 /// Whether the source renders this event at all.
 pub fn handles(source: &str, event: &str) -> bool {
     catalog()
@@ -158,9 +171,11 @@ pub fn render(
             .map_err(fail)?
             .trim()
             .to_string();
-        if !url.is_empty() {
+        let title = catalog.env.render_str(&b.title, ctx).map_err(fail)?;
+        let title = title.trim();
+        if !url.is_empty() && !title.is_empty() {
             buttons.push(ActionButton {
-                title: b.title.clone(),
+                title: title.to_string(),
                 action_url: url,
             });
         }

@@ -56,6 +56,10 @@ pub struct Facts {
     pub conclusion: Option<String>,
     pub severity: Option<String>,
     pub paths: Vec<String>,
+    /// Which CI job this conclusion belongs to (repo + workflow, check or pipeline name), so
+    /// "on status change" compares a run with the previous run of the same job and branch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ci_key: Option<String>,
 }
 
 /// An answer the sender expects besides the default (PagerDuty's 202, GitHub's ping).

@@ -65,26 +65,26 @@ pub(crate) struct RobotView {
     has_secret: bool,
     #[serde(flatten)]
     spec: RobotSpec,
-    /// Events received since this process started: posted, and answered 2xx but not posted.
+    /// Events received: posted, and answered 2xx but not posted (kept in the store).
     stats: crate::ingress::stats::RobotStats,
     created_at: String,
 }
 
 impl RobotView {
-    fn of(app: &AppState, robot: Robot, reveal: bool) -> RobotView {
-        RobotView {
+    async fn of(app: &AppState, robot: Robot, reveal: bool) -> Result<RobotView, ApiError> {
+        Ok(RobotView {
             webhook_url: webhook_url(app, &robot),
             access_token: reveal.then(|| robot.access_token.clone()),
             secret: if reveal { robot.secret.clone() } else { None },
             has_secret: robot.secret.is_some(),
-            stats: app.robot_stats.of(robot.id),
+            stats: crate::ingress::stats::of(app, robot.id).await?,
             id: robot.id,
             kind: robot.kind,
             conversation_id: robot.conversation_id,
             name: robot.name,
             spec: robot.spec,
             created_at: crate::clock::rfc3339(robot.created_at_ms),
-        }
+        })
     }
 }
 
@@ -185,7 +185,10 @@ pub(crate) async fn create_robot(
             spec,
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(RobotView::of(&app, robot, true))))
+    Ok((
+        StatusCode::CREATED,
+        Json(RobotView::of(&app, robot, true).await?),
+    ))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -209,10 +212,11 @@ pub(crate) async fn list_robots(
         .list_robots(caller.org(), page.after::<RobotId>()?, limit + 1)
         .await?;
     let (robots, next_cursor) = paginate(rows, limit, |r| r.id.to_string());
-    let robots = robots
-        .into_iter()
-        .map(|r| RobotView::of(&app, r, false))
-        .collect();
+    let mut views = Vec::with_capacity(robots.len());
+    for robot in robots {
+        views.push(RobotView::of(&app, robot, false).await?);
+    }
+    let robots = views;
     Ok(Json(RobotList {
         robots,
         next_cursor,
@@ -229,7 +233,7 @@ pub(crate) async fn get_robot(
     Path(id): Path<RobotId>,
 ) -> Result<Json<RobotView>, ApiError> {
     let robot = app.store.get_robot(caller.org(), id).await?;
-    Ok(Json(RobotView::of(&app, robot, false)))
+    Ok(Json(RobotView::of(&app, robot, false).await?))
 }
 
 /// Changes to a robot; absent fields stay as they are.
@@ -302,7 +306,7 @@ pub(crate) async fn update_robot(
         robot.secret = Some(robot::new_dingtalk_secret());
     }
     app.store.save_robot(&robot).await?;
-    Ok(Json(RobotView::of(&app, robot, false)))
+    Ok(Json(RobotView::of(&app, robot, false).await?))
 }
 
 /// Delete a robot: its URL stops working at once.
@@ -343,7 +347,7 @@ pub(crate) async fn rotate_robot(
             .or_else(|| Some(robot::new_shared_secret()));
     }
     app.store.save_robot(&robot).await?;
-    Ok(Json(RobotView::of(&app, robot, true)))
+    Ok(Json(RobotView::of(&app, robot, true).await?))
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]

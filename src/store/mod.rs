@@ -7,6 +7,7 @@
 
 mod bots;
 mod postgres;
+mod robot_state;
 mod robots;
 mod shared;
 mod sqlite;
@@ -25,6 +26,7 @@ use crate::model::{
 
 pub use bots::*;
 pub use postgres::PgStore;
+pub use robot_state::{RobotStateStore, StatDelta};
 pub use robots::{MentionEntry, RobotStore};
 pub use sqlite::SqliteStore;
 
@@ -180,9 +182,9 @@ pub struct Page<T> {
 
 /// herald's storage: one narrow trait per area, each implemented by both backends.
 /// Add an area by adding its trait to this list.
-pub trait Store: CoreStore + BotStore + RobotStore {}
+pub trait Store: CoreStore + BotStore + RobotStore + RobotStateStore {}
 
-impl<T: CoreStore + BotStore + RobotStore> Store for T {}
+impl<T: CoreStore + BotStore + RobotStore + RobotStateStore> Store for T {}
 
 /// The core: tenancy, people, conversations, messages, the task queue and the inboxes.
 /// Every method that takes an `OrgId` only ever sees that org's rows.

@@ -165,10 +165,17 @@ macro_rules! robot_store_impl {
                 if deleted == 0 {
                     return Err(StoreError::NotFound("robot"));
                 }
-                sqlx::query("DELETE FROM robot_cards WHERE robot_id = $1")
-                    .bind(id.0)
-                    .execute(&mut *tx)
-                    .await?;
+                for table in [
+                    "robot_cards",
+                    "robot_card_fields",
+                    "robot_ci_state",
+                    "robot_stats",
+                ] {
+                    sqlx::query(&format!("DELETE FROM {table} WHERE robot_id = $1"))
+                        .bind(id.0)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 tx.commit().await?;
                 Ok(())
             }
