@@ -62,6 +62,8 @@ pub struct Shared {
     pub robot_limiter: ratelimit::RobotLimiter,
     /// What each robot's sender delivered: posted and skipped events.
     pub robot_stats: ingress::stats::Counters,
+    /// Wakes the burst flusher when a burst starts.
+    pub burst_bell: tokio::sync::Notify,
     /// Cancelled on shutdown: live streams end so the server can drain.
     pub shutdown: CancellationToken,
 }
@@ -96,6 +98,7 @@ impl AppState {
             ),
             robot_limiter: ratelimit::RobotLimiter::default(),
             robot_stats: ingress::stats::Counters::default(),
+            burst_bell: tokio::sync::Notify::new(),
             hub: Arc::new(hub::Hub::default()),
             ids: ids::IdGenerator::new(),
             store,
@@ -133,6 +136,10 @@ pub async fn run(
     let mut workers = workers;
     workers.extend(outgoing::worker::spawn(app.clone(), shutdown.clone()));
     workers.push(tokio::spawn(ingress::stats::flush_loop(
+        app.clone(),
+        shutdown.clone(),
+    )));
+    workers.push(tokio::spawn(ingress::burst::flush_loop(
         app.clone(),
         shutdown.clone(),
     )));

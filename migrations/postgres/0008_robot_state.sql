@@ -27,3 +27,22 @@ CREATE TABLE robot_card_fields (
     fields TEXT NOT NULL,
     PRIMARY KEY (robot_id, object_key)
 );
+
+-- Events of a burst about one grouped object, already rendered, waiting for the robot's burst
+-- window to close; flushed rows stay a day so redeliveries are recognised.
+CREATE TABLE robot_bursts (
+    id BIGSERIAL PRIMARY KEY,
+    robot_id BIGINT NOT NULL,
+    org_id BIGINT NOT NULL,
+    object_key TEXT NOT NULL,
+    due_at BIGINT NOT NULL,
+    msgtype TEXT NOT NULL,
+    content TEXT NOT NULL,
+    at_json TEXT NOT NULL,
+    dedupe_key TEXT,
+    flushed_at BIGINT
+);
+CREATE INDEX robot_bursts_waiting ON robot_bursts (robot_id, object_key, id) WHERE flushed_at IS NULL;
+CREATE INDEX robot_bursts_due ON robot_bursts (due_at) WHERE flushed_at IS NULL;
+CREATE INDEX robot_bursts_delivery ON robot_bursts (robot_id, dedupe_key);
+CREATE INDEX robot_bursts_flushed ON robot_bursts (flushed_at);

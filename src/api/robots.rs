@@ -44,6 +44,7 @@ pub(crate) struct CreateRobot {
     rate_per_minute: Option<u32>,
     throttle_seconds: Option<u32>,
     grouping: Option<Grouping>,
+    burst_seconds: Option<u32>,
     alerting: Option<bool>,
     escalation_policy_id: Option<String>,
     plugin_id: Option<String>,
@@ -108,6 +109,9 @@ fn validate(spec: &RobotSpec) -> Result<(), ApiError> {
             "invalid ip range {bad:?} (CIDR or address)"
         )));
     }
+    if spec.burst_seconds > 3600 {
+        return Err(ApiError::bad_request("burst_seconds must be 0 to 3600"));
+    }
     if spec.rate_per_minute == 0 || spec.rate_per_minute > 100_000 {
         return Err(ApiError::bad_request("rate_per_minute must be 1 to 100000"));
     }
@@ -166,6 +170,7 @@ pub(crate) async fn create_robot(
         rate_per_minute: body.rate_per_minute.unwrap_or(defaults.rate_per_minute),
         throttle_seconds: body.throttle_seconds.unwrap_or(defaults.throttle_seconds),
         grouping: body.grouping.unwrap_or_default(),
+        burst_seconds: body.burst_seconds.unwrap_or_default(),
         alerting: body.alerting.unwrap_or(body.kind.is_alerting()),
         escalation_policy_id: body.escalation_policy_id,
         plugin_id: body.plugin_id,
@@ -250,6 +255,7 @@ pub(crate) struct PatchRobot {
     rate_per_minute: Option<u32>,
     throttle_seconds: Option<u32>,
     grouping: Option<Grouping>,
+    burst_seconds: Option<u32>,
     alerting: Option<bool>,
     escalation_policy_id: Option<String>,
     plugin_id: Option<String>,
@@ -289,6 +295,7 @@ pub(crate) async fn update_robot(
         rate_per_minute,
         throttle_seconds,
         grouping,
+        burst_seconds,
         alerting,
         config
     );

@@ -130,7 +130,10 @@ async fn render_and_post(
     let Some(content) = content else {
         return Ok(false);
     };
-    if super::post::already_posted(app, robot, event.dedupe_key.as_deref()).await? {
+    let delivery = event.dedupe_key.as_deref();
+    if super::post::already_posted(app, robot, delivery).await?
+        || super::burst::holds(app, robot, delivery).await?
+    {
         return Ok(false); // a redelivery: answered 2xx, counted, posted once only
     }
     map_mentions(app, robot, &mut event).await?;
@@ -229,6 +232,10 @@ async fn group_and_post(
             // A repeat (Alertmanager re-sends every repeat_interval): nothing new to say.
             return Ok(());
         }
+        if super::burst::absorbs(app, robot, key, event, &content).await? {
+            return Ok(()); // part of a burst: applied when its window closes
+        }
+        super::burst::touch(app, robot, key).await?;
     }
     let updated = match card {
         Some(card) if robot.spec.grouping != Grouping::Thread => {

@@ -6,6 +6,7 @@
 //! member's inbox with its pts counter. Nothing here talks HTTP or wakes connections.
 
 mod bots;
+mod bursts;
 mod postgres;
 mod robot_state;
 mod robots;
@@ -25,6 +26,7 @@ use crate::model::{
 };
 
 pub use bots::*;
+pub use bursts::{BurstEvent, BurstStore, DueBurst};
 pub use postgres::PgStore;
 pub use robot_state::{RobotStateStore, StatDelta};
 pub use robots::{MentionEntry, RobotStore};
@@ -182,9 +184,9 @@ pub struct Page<T> {
 
 /// herald's storage: one narrow trait per area, each implemented by both backends.
 /// Add an area by adding its trait to this list.
-pub trait Store: CoreStore + BotStore + RobotStore + RobotStateStore {}
+pub trait Store: CoreStore + BotStore + RobotStore + RobotStateStore + BurstStore {}
 
-impl<T: CoreStore + BotStore + RobotStore + RobotStateStore> Store for T {}
+impl<T: CoreStore + BotStore + RobotStore + RobotStateStore + BurstStore> Store for T {}
 
 /// The core: tenancy, people, conversations, messages, the task queue and the inboxes.
 /// Every method that takes an `OrgId` only ever sees that org's rows.

@@ -170,6 +170,7 @@ macro_rules! robot_store_impl {
                     "robot_card_fields",
                     "robot_ci_state",
                     "robot_stats",
+                    "robot_bursts",
                 ] {
                     sqlx::query(&format!("DELETE FROM {table} WHERE robot_id = $1"))
                         .bind(id.0)

@@ -9,6 +9,7 @@ mod pagerduty;
 
 mod big_group;
 mod bots;
+mod bursts;
 mod crash;
 mod isolation;
 mod live;
