@@ -162,7 +162,6 @@ pub fn render(
             template.render(ctx).map_err(fail)?
         }
     };
-    let text = fit(tidy(&text), max_bytes.saturating_sub(title.len() + 512));
     let mut buttons = Vec::new();
     for b in &spec.buttons {
         let url = catalog
@@ -172,15 +171,36 @@ pub fn render(
             .trim()
             .to_string();
         let title = catalog.env.render_str(&b.title, ctx).map_err(fail)?;
-        let title = title.trim();
-        if !url.is_empty() && !title.is_empty() {
+        let title = shorten(title.trim().to_string(), Some(MAX_BUTTON_TITLE));
+        if !url.is_empty() && url.len() <= MAX_URL && !title.is_empty() {
             buttons.push(ActionButton {
-                title: title.to_string(),
+                title,
                 action_url: url,
             });
         }
     }
-    Ok(Some(card(title, text, buttons)))
+    let title = shorten(title, Some(MAX_TITLE));
+    Ok(Some(within(title, tidy(&text), buttons, max_bytes)))
+}
+
+/// Longest card title, in characters (a payload field can be any length).
+const MAX_TITLE: usize = 200;
+const MAX_BUTTON_TITLE: usize = 40;
+/// A longer button URL is left out rather than cut.
+const MAX_URL: usize = 2048;
+
+/// The card with as much of the text as fits in `max_bytes` of JSON: whole lines, so markup
+/// is never cut; escaping can make JSON longer than the text, so the size is measured.
+fn within(title: String, text: String, buttons: Vec<ActionButton>, max_bytes: usize) -> Content {
+    let mut budget = max_bytes.saturating_sub(title.len() + 512);
+    loop {
+        let content = card(title.clone(), fit(text.clone(), budget), buttons.clone());
+        let size = content.body_json().to_string().len();
+        if size <= max_bytes || budget < 64 {
+            return content;
+        }
+        budget = budget.saturating_sub((size - max_bytes).max(budget / 4));
+    }
 }
 
 fn card(title: String, text: String, mut buttons: Vec<ActionButton>) -> Content {

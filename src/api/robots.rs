@@ -398,6 +398,9 @@ pub(crate) async fn set_mentions(
                 "external must be 1 to 256 characters",
             ));
         }
+        if entry.external.contains('\0') {
+            return Err(ApiError::bad_request("external must not contain NUL"));
+        }
         if let Some(user) = entry.user_id {
             app.store.get_user(caller.org(), user).await?;
         }

@@ -9,49 +9,13 @@ use serde_json::{json, Value};
 
 use super::Filters;
 use crate::adapt::{adapt, contract, Normalized};
-use crate::robot::RobotKind;
 
 /// Every event of every fixture of the sources filters apply to, with its fixture's name.
 fn fixture_events() -> Vec<(String, Normalized)> {
-    let sources = [
-        (RobotKind::Github, "x-github-event", "x_github_event"),
-        (RobotKind::Gitlab, "x-gitlab-event", "x_gitlab_event"),
-        (RobotKind::Alertmanager, "", ""),
-        (RobotKind::Grafana, "", ""),
-        (RobotKind::Pagerduty, "", ""),
-    ];
     let mut out = Vec::new();
-    for (kind, header, index_key) in sources {
-        let dir = contract::fixtures_dir(kind.as_str());
-        let index: Value = std::fs::read(dir.join("headers.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(Value::Null);
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-            .filter(|n| n.ends_with(".json") && !n.starts_with("response."))
-            .filter(|n| n != "headers.json" && n != "captured-index.json")
-            .collect();
-        files.sort();
-        for file in files {
-            let event = index["files"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|f| f["file"] == file.as_str())
-                .map(|f| f[index_key].as_str().unwrap_or_default().to_string());
-            let mut headers = vec![("content-type", "application/json".to_string())];
-            if let Some(event) = event {
-                headers.push((header, event));
-            }
-            let headers: Vec<(&str, &str)> =
-                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            let raw = contract::verified(kind, &headers, std::fs::read(dir.join(&file)).unwrap());
-            let name = format!("{}/{}", kind.as_str(), file.trim_end_matches(".json"));
-            let adapted = adapt(&raw).unwrap_or_else(|e| panic!("{name}: {e}"));
-            out.extend(adapted.events.into_iter().map(|e| (name.clone(), e)));
-        }
+    for (name, raw) in contract::fixture_requests() {
+        let adapted = adapt(&raw).unwrap_or_else(|e| panic!("{name}: {e}"));
+        out.extend(adapted.events.into_iter().map(|e| (name.clone(), e)));
     }
     out
 }

@@ -326,6 +326,14 @@ pub(crate) fn message_from_parts(
     })
 }
 
+/// JSON array of strings for `strings_from`. Values holding a NUL are left out: no stored text
+/// can contain one, and PostgreSQL refuses `\u0000` in jsonb, so one would turn a lookup into
+/// an error.
+pub(crate) fn strings_json(values: &[String]) -> String {
+    let kept: Vec<&String> = values.iter().filter(|v| !v.contains('\0')).collect();
+    serde_json::to_string(&kept).unwrap_or_else(|_| "[]".into())
+}
+
 /// JSON array of ids, the form both backends expand into rows (`json_each` / `jsonb`).
 pub(crate) fn ids_json(ids: &[UserId]) -> String {
     let raw: Vec<i64> = ids.iter().map(|u| u.0).collect();

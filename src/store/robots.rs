@@ -241,7 +241,7 @@ macro_rules! robot_store_impl {
             }
 
             async fn map_mentions(&self, org: OrgId, source: &str, externals: &[String]) -> Result<Vec<UserId>> {
-                let externals = serde_json::to_string(externals).map_err(anyhow::Error::from)?;
+                let externals = super::strings_json(externals);
                 let sql = format!(
                     "SELECT DISTINCT user_id FROM mention_map WHERE org_id = $1 AND source = $2 AND external IN ({})",
                     Self::strings_from("$3")

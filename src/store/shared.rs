@@ -748,7 +748,7 @@ macro_rules! shared_store_impl {
                 ids: &[UserId],
                 mobiles: &[String],
             ) -> Result<Vec<UserId>> {
-                let mobiles = serde_json::to_string(mobiles).map_err(anyhow::Error::from)?;
+                let mobiles = super::strings_json(mobiles);
                 let sql = format!(
                     "SELECT m.user_id FROM members m JOIN users u ON u.id = m.user_id \
                      WHERE m.conversation_id = $1 AND (m.user_id IN ({}) OR u.mobile IN ({})) \

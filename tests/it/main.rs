@@ -2,6 +2,7 @@
 //! SQLite and on a real PostgreSQL server (`HERALD_TEST_PG_URL`, started by `scripts/test`).
 
 mod fixtures;
+mod fuzz_hooks;
 mod harness;
 mod hook_filters;
 mod hooks;
