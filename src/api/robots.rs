@@ -112,8 +112,10 @@ fn validate(spec: &RobotSpec) -> Result<(), ApiError> {
     if spec.burst_seconds > 3600 {
         return Err(ApiError::bad_request("burst_seconds must be 0 to 3600"));
     }
-    if spec.rate_per_minute == 0 || spec.rate_per_minute > 100_000 {
-        return Err(ApiError::bad_request("rate_per_minute must be 1 to 100000"));
+    if spec.rate_per_minute == 0 || spec.rate_per_minute > 6_000_000 {
+        return Err(ApiError::bad_request(
+            "rate_per_minute must be 1 to 6000000",
+        ));
     }
     for (event, template) in &spec.templates {
         minijinja::Environment::new()

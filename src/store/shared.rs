@@ -4,10 +4,48 @@
 //! as inherent methods the macro calls.
 
 /// Expands the shared part of `impl Store` for a backend type. The backend provides
-/// `writer()`, `reader()`, `ids_from(param)`, `claim_tasks_impl` and `fan_out_chunk_impl`.
+/// `writer()`, `reader()`, `ids_from(param)`, `claim_tasks_impl`, `fan_out_chunk_impl` and
+/// `enqueue_message_impl` (one transaction per message, or a group commit).
 macro_rules! shared_store_impl {
     ($store:ty, $db:ty) => {
         impl $store {
+            /// Claims the message's dedupe key (if any) and queues its Post task inside `tx`;
+            /// the caller commits (one message, or a group of them on SQLite).
+            async fn enqueue_in(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                message: &Message,
+                now: i64,
+            ) -> Result<Enqueued> {
+                if let Some(key) = &message.dedupe_key {
+                    let claimed = sqlx::query(
+                        "INSERT INTO dedupe (conversation_id, dedupe_key, message_id, created_at) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (conversation_id, dedupe_key) DO NOTHING",
+                    )
+                    .bind(message.conversation_id.0)
+                    .bind(key)
+                    .bind(message.id.0)
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await?
+                    .rows_affected();
+                    if claimed == 0 {
+                        let existing: i64 = sqlx::query_scalar(
+                            "SELECT message_id FROM dedupe WHERE conversation_id = $1 AND dedupe_key = $2",
+                        )
+                        .bind(message.conversation_id.0)
+                        .bind(key)
+                        .fetch_one(&mut **tx)
+                        .await?;
+                        return Ok(Enqueued::Duplicate(MessageId(existing)));
+                    }
+                }
+                let task = Task::Post {
+                    message: Box::new(MessageRecord::from(message)),
+                };
+                Self::enqueue_tx(tx, &task, now).await?;
+                Ok(Enqueued::New(message.id))
+            }
+
             fn user_from_row(row: &<$db as sqlx::Database>::Row) -> Result<User> {
                 Ok(User {
                     id: UserId(row.try_get("id")?),
@@ -766,37 +804,7 @@ macro_rules! shared_store_impl {
             }
 
             async fn enqueue_message(&self, message: &Message) -> Result<Enqueued> {
-                let now = clock::now_ms();
-                let mut tx = self.writer().begin().await?;
-                if let Some(key) = &message.dedupe_key {
-                    let claimed = sqlx::query(
-                        "INSERT INTO dedupe (conversation_id, dedupe_key, message_id, created_at) \
-                         VALUES ($1, $2, $3, $4) ON CONFLICT (conversation_id, dedupe_key) DO NOTHING",
-                    )
-                    .bind(message.conversation_id.0)
-                    .bind(key)
-                    .bind(message.id.0)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if claimed == 0 {
-                        let existing: i64 = sqlx::query_scalar(
-                            "SELECT message_id FROM dedupe WHERE conversation_id = $1 AND dedupe_key = $2",
-                        )
-                        .bind(message.conversation_id.0)
-                        .bind(key)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        return Ok(Enqueued::Duplicate(MessageId(existing)));
-                    }
-                }
-                let task = Task::Post {
-                    message: Box::new(MessageRecord::from(message)),
-                };
-                Self::enqueue_tx(&mut tx, &task, now).await?;
-                tx.commit().await?;
-                Ok(Enqueued::New(message.id))
+                self.enqueue_message_impl(message).await
             }
 
             async fn dedupe_lookup(&self, conversation: ConversationId, key: &str) -> Result<Option<MessageId>> {
