@@ -21,6 +21,10 @@ pub enum ApiError {
     BadRequest(String),
     #[error("invalid JSON body: {0}")]
     InvalidJson(String),
+    /// A PagerDuty Events API v2 sender's bad event: answered in PagerDuty's own 400 shape
+    /// (`status`, `message`, `errors`) besides herald's errcode and errmsg.
+    #[error("{0}")]
+    InvalidEvent(String),
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -59,6 +63,7 @@ impl ApiError {
         match self {
             BadRequest(_) => (StatusCode::BAD_REQUEST, 40000),
             InvalidJson(_) => (StatusCode::BAD_REQUEST, 40001),
+            InvalidEvent(_) => (StatusCode::BAD_REQUEST, 40002),
             Unauthorized(_) => (StatusCode::UNAUTHORIZED, 40100),
             Forbidden(_) => (StatusCode::FORBIDDEN, 40300),
             NotMember => (StatusCode::FORBIDDEN, 40301),
@@ -88,7 +93,16 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let mut response = (status, axum::Json(ErrorBody { errcode, errmsg })).into_response();
+        let mut response = match &self {
+            ApiError::InvalidEvent(why) => {
+                let body = serde_json::json!({
+                    "status": "invalid event", "message": "Event object is invalid",
+                    "errors": [why], "errcode": errcode, "errmsg": errmsg,
+                });
+                (status, axum::Json(body)).into_response()
+            }
+            _ => (status, axum::Json(ErrorBody { errcode, errmsg })).into_response(),
+        };
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             // The body may be left unread on the wire: say so, or a keep-alive
             // client reuses a connection the server is about to close.

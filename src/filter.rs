@@ -7,10 +7,17 @@
 //!  "tags": {"include": ["v*"]}, "paths": {"include": ["src/**"]},
 //!  "labels": {"any": ["bug"], "all": [], "none": ["wip"]},
 //!  "actors": {"exclude": ["renovate*"], "bots": false},
-//!  "draft": false, "conclusions": ["failure", "cancelled"], "severities": ["critical"]}
+//!  "draft": false, "conclusions": ["failure", "cancelled"], "severities": ["critical"],
+//!  "on_conclusion_change": true}
 //! ```
 //! Every rule given must pass. A rule about a fact an event does not have (a branch rule and an
 //! issue comment) does not apply to that event.
+//!
+//! `on_conclusion_change` is the one rule with memory: a CI event passes only when its
+//! conclusion differs from the previous one of the same job on the same branch (a failure
+//! after a success, a success after a failure), and runs still in progress do not pass. The
+//! caller keeps the last conclusion per robot in the store (`ci_state`), so the rule holds
+//! across restarts.
 
 use serde::Deserialize;
 
@@ -39,6 +46,37 @@ pub struct Filters {
     /// Only these alert severities.
     #[serde(default)]
     pub severities: Vec<String>,
+    /// CI events only when the conclusion changed from the job's previous one on that branch.
+    #[serde(default)]
+    pub on_conclusion_change: bool,
+}
+
+/// CI states that are not a conclusion yet: a run in these does not change anything.
+const IN_PROGRESS: &[&str] = &[
+    "pending",
+    "queued",
+    "requested",
+    "waiting",
+    "in_progress",
+    "running",
+    "created",
+    "preparing",
+    "waiting_for_resource",
+    "scheduled",
+    "manual",
+];
+
+/// The CI job (with its branch or tag) and the finished conclusion an event reports, when it
+/// reports one: what `on_conclusion_change` compares and the caller remembers.
+pub fn ci_state(event: &Normalized) -> Option<(String, String)> {
+    let f = &event.facts;
+    let job = f.ci_key.as_deref()?;
+    let conclusion = f.conclusion.as_deref()?.to_ascii_lowercase();
+    if IN_PROGRESS.contains(&conclusion.as_str()) {
+        return None;
+    }
+    let r = f.branch.as_deref().or(f.tag.as_deref()).unwrap_or_default();
+    Some((format!("{job} {r}"), conclusion))
 }
 
 /// Include/exclude glob lists: `*` within a path segment, `**` across, `?` one character.
@@ -82,8 +120,27 @@ impl Filters {
         serde_json::from_value(value.clone()).map_err(|e| format!("invalid filters: {e}"))
     }
 
-    /// Whether the event passes every rule.
+    /// Whether the event passes every rule, as the first event of its CI job.
     pub fn admits(&self, event: &Normalized) -> bool {
+        self.admits_after(event, None)
+    }
+
+    /// Whether the event passes every rule, given the previous conclusion of its CI job.
+    pub fn admits_after(&self, event: &Normalized, previous: Option<&str>) -> bool {
+        self.admits_change(event, previous) && self.admits_facts(event)
+    }
+
+    fn admits_change(&self, event: &Normalized, previous: Option<&str>) -> bool {
+        if !self.on_conclusion_change || event.facts.ci_key.is_none() {
+            return true;
+        }
+        match ci_state(event) {
+            Some((_, now)) => previous.is_none_or(|p| !p.eq_ignore_ascii_case(&now)),
+            None => false, // still running: not a conclusion, so not a change
+        }
+    }
+
+    fn admits_facts(&self, event: &Normalized) -> bool {
         let f = &event.facts;
         self.events.admits(&event.event)
             && f.branch.as_deref().is_none_or(|b| self.branches.admits(b))
@@ -160,6 +217,9 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 }
 
 #[cfg(test)]
+mod table;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::adapt::Facts;
@@ -225,6 +285,46 @@ mod tests {
             f.admits(&event("issues.opened", Facts::default())),
             "rules about absent facts do not apply"
         );
+    }
+
+    #[test]
+    fn on_conclusion_change_compares_with_the_previous_run() {
+        let f = Filters::parse(&json!({"on_conclusion_change": true})).unwrap();
+        let run = |conclusion: &str| {
+            event(
+                "workflow_run.completed",
+                Facts {
+                    ci_key: Some("o/r@workflow:1".into()),
+                    branch: Some("main".into()),
+                    conclusion: Some(conclusion.into()).filter(|c: &String| !c.is_empty()),
+                    ..Default::default()
+                },
+            )
+        };
+        assert!(
+            f.admits_after(&run("failure"), None),
+            "the first run passes"
+        );
+        assert!(f.admits_after(&run("failure"), Some("success")));
+        assert!(!f.admits_after(&run("failure"), Some("failure")));
+        assert!(f.admits_after(&run("success"), Some("failure")));
+        assert!(!f.admits_after(&run("SUCCESS"), Some("success")));
+        assert!(
+            !f.admits_after(&run(""), None),
+            "a run in progress is no change"
+        );
+        assert!(!f.admits_after(&run("running"), Some("success")));
+        assert_eq!(
+            ci_state(&run("Failure")),
+            Some(("o/r@workflow:1 main".into(), "failure".into()))
+        );
+        assert_eq!(ci_state(&run("in_progress")), None);
+        assert!(
+            f.admits_after(&event("push", Facts::default()), Some("x")),
+            "events without a CI job are not subject to the rule"
+        );
+        let off = Filters::default();
+        assert!(off.admits_after(&run("failure"), Some("failure")));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! after its own cursor, so a lost wake-up costs latency, not data. To spare a thousand
 //! connections a thousand reads of the same new message, the hub also remembers each connected
 //! user's newest event with its pts (`remember`): a connection whose cursor is exactly one
-//! behind takes it from there; any other gap falls back to reading the inbox.
+//! behind takes it from there; any other gap falls back to reading the inbox. A remembered
+//! message is the message as posted: an edit or recall that raced its fanout follows as its
+//! own event, so the client ends in the same state either way.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -63,6 +63,8 @@ pub struct Shared {
     pub robot_limiter: ratelimit::RobotLimiter,
     /// What each robot's sender delivered: posted and skipped events.
     pub robot_stats: ingress::stats::Counters,
+    /// Wakes the burst flusher when a burst starts.
+    pub burst_bell: tokio::sync::Notify,
     /// Cancelled on shutdown: live streams end so the server can drain.
     pub shutdown: CancellationToken,
 }
@@ -97,6 +99,7 @@ impl AppState {
             ),
             robot_limiter: ratelimit::RobotLimiter::default(),
             robot_stats: ingress::stats::Counters::default(),
+            burst_bell: tokio::sync::Notify::new(),
             hub: Arc::new(hub::Hub::default()),
             ids: ids::IdGenerator::new(),
             store,
@@ -136,6 +139,14 @@ pub async fn run(
     if let Some(changes) = app.store.watch_inbox().await? {
         workers.push(tokio::spawn(sync::relay_peer_writes(app.clone(), changes)));
     }
+    workers.push(tokio::spawn(ingress::stats::flush_loop(
+        app.clone(),
+        shutdown.clone(),
+    )));
+    workers.push(tokio::spawn(ingress::burst::flush_loop(
+        app.clone(),
+        shutdown.clone(),
+    )));
     let router = api::router(app.clone());
     let router = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, router)

@@ -21,6 +21,10 @@ pub struct Manifest {
     pub source: String,
     #[serde(default)]
     pub description: String,
+    /// Fields a card update takes from the card's earlier events when the later event lacks
+    /// them (PagerDuty's acknowledge carries no summary).
+    #[serde(default)]
+    pub keep_on_update: Vec<String>,
     pub events: BTreeMap<String, EventSpec>,
 }
 
@@ -40,6 +44,7 @@ pub struct EventSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ButtonSpec {
+    /// MiniJinja, like the card title; a button whose title renders empty is left out.
     pub title: String,
     /// MiniJinja; a button whose URL renders empty is left out.
     pub url: String,
@@ -83,7 +88,26 @@ fn load(dir: &'static Dir<'static>) -> Result<Catalog, String> {
             }
         }
     }
+    // The one-line templates of the manifests (titles, buttons), compiled once, not per event.
+    for (source, manifest) in &manifests {
+        for (event, spec) in &manifest.events {
+            let mut parts = vec![("title".to_string(), spec.title.clone())];
+            for (i, b) in spec.buttons.iter().enumerate() {
+                parts.push((format!("button{i}.title"), b.title.clone()));
+                parts.push((format!("button{i}.url"), b.url.clone()));
+            }
+            for (part, text) in parts {
+                env.add_template_owned(inline_name(source, event, &part), text)
+                    .map_err(|e| format!("{source} {event} {part}: {e}"))?;
+            }
+        }
+    }
     Ok(Catalog { env, manifests })
+}
+
+/// The name a manifest's one-line template is compiled under.
+fn inline_name(source: &str, event: &str, part: &str) -> String {
+    format!("{source}#{event}#{part}")
 }
 
 /// `{{ text | shorten(80) }}`: cut at a character boundary with an ellipsis.
@@ -96,15 +120,21 @@ fn shorten(value: String, max: Option<usize>) -> String {
     format!("{}…", cut.trim_end())
 }
 
-/// The manifest entry for an event: exact name, then `prefix.*`, then `*`.
-fn spec_for<'a>(manifest: &'a Manifest, event: &str) -> Option<&'a EventSpec> {
-    manifest.events.get(event).or_else(|| {
-        let prefix = event.split('.').next().unwrap_or(event);
-        manifest
-            .events
-            .get(&format!("{prefix}.*"))
-            .or_else(|| manifest.events.get("*"))
-    })
+/// The manifest entry for an event, with its key: exact name, then `prefix.*`, then `*`.
+fn spec_for<'a>(manifest: &'a Manifest, event: &str) -> Option<(&'a str, &'a EventSpec)> {
+    let prefix = event.split('.').next().unwrap_or(event);
+    [event.to_string(), format!("{prefix}.*"), "*".to_string()]
+        .iter()
+        .find_map(|key| manifest.events.get_key_value(key.as_str()))
+        .map(|(k, v)| (k.as_str(), v))
+}
+
+/// The fields the source's card updates keep from earlier events (`keep_on_update`).
+pub fn kept_fields(source: &str) -> &'static [String] {
+    catalog()
+        .manifests
+        .get(source)
+        .map_or(&[], |m| m.keep_on_update.as_slice())
 }
 
 /// Whether the source renders this event at all.
@@ -127,7 +157,7 @@ pub fn render(
     let Some(manifest) = catalog.manifests.get(source) else {
         return Ok(None);
     };
-    let Some(spec) = spec_for(manifest, &event.event) else {
+    let Some((key, spec)) = spec_for(manifest, &event.event) else {
         return Ok(None);
     };
     let fail = |e: minijinja::Error| RenderError::Template {
@@ -135,12 +165,14 @@ pub fn render(
         message: e.to_string(),
     };
     let ctx = &event.fields;
-    let title = catalog
-        .env
-        .render_str(&spec.title, ctx)
-        .map_err(fail)?
-        .trim()
-        .to_string();
+    let inline = |part: &str| -> Result<String, RenderError> {
+        let template = catalog
+            .env
+            .get_template(&inline_name(source, key, part))
+            .map_err(fail)?;
+        Ok(template.render(ctx).map_err(fail)?.trim().to_string())
+    };
+    let title = inline("title")?;
     let text = match overrides.get(&event.event) {
         Some(template) => catalog.env.render_str(template, ctx).map_err(fail)?,
         None => {
@@ -149,23 +181,39 @@ pub fn render(
             template.render(ctx).map_err(fail)?
         }
     };
-    let text = fit(tidy(&text), max_bytes.saturating_sub(title.len() + 512));
     let mut buttons = Vec::new();
-    for b in &spec.buttons {
-        let url = catalog
-            .env
-            .render_str(&b.url, ctx)
-            .map_err(fail)?
-            .trim()
-            .to_string();
-        if !url.is_empty() {
+    for i in 0..spec.buttons.len() {
+        let url = inline(&format!("button{i}.url"))?;
+        let title = shorten(inline(&format!("button{i}.title"))?, Some(MAX_BUTTON_TITLE));
+        if !url.is_empty() && url.len() <= MAX_URL && !title.is_empty() {
             buttons.push(ActionButton {
-                title: b.title.clone(),
+                title,
                 action_url: url,
             });
         }
     }
-    Ok(Some(card(title, text, buttons)))
+    let title = shorten(title, Some(MAX_TITLE));
+    Ok(Some(within(title, tidy(&text), buttons, max_bytes)))
+}
+
+/// Longest card title, in characters (a payload field can be any length).
+const MAX_TITLE: usize = 200;
+const MAX_BUTTON_TITLE: usize = 40;
+/// A longer button URL is left out rather than cut.
+const MAX_URL: usize = 2048;
+
+/// The card with as much of the text as fits in `max_bytes` of JSON: whole lines, so markup
+/// is never cut; escaping can make JSON longer than the text, so the size is measured.
+fn within(title: String, text: String, buttons: Vec<ActionButton>, max_bytes: usize) -> Content {
+    let mut budget = max_bytes.saturating_sub(title.len() + 512);
+    loop {
+        let content = card(title.clone(), fit(text.clone(), budget), buttons.clone());
+        let size = content.body_json().to_string().len();
+        if size <= max_bytes || budget < 64 {
+            return content;
+        }
+        budget = budget.saturating_sub((size - max_bytes).max(budget / 4));
+    }
 }
 
 fn card(title: String, text: String, mut buttons: Vec<ActionButton>) -> Content {

@@ -112,6 +112,10 @@ pub struct RobotSpec {
     pub throttle_seconds: u32,
     #[serde(default)]
     pub grouping: Grouping,
+    /// Events about one object arriving within this many seconds of its card's last update
+    /// are coalesced into one card update and one follow-up (0: every event at once).
+    #[serde(default)]
+    pub burst_seconds: u32,
     /// A custom robot whose messages are alerts (the escalation issue).
     #[serde(default)]
     pub alerting: bool,
@@ -141,6 +145,7 @@ impl Default for RobotSpec {
             rate_per_minute: default_rate(),
             throttle_seconds: default_throttle(),
             grouping: Grouping::default(),
+            burst_seconds: 0,
             alerting: false,
             escalation_policy_id: None,
             plugin_id: None,

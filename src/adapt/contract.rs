@@ -52,6 +52,75 @@ pub fn verified(kind: RobotKind, headers: &[(&str, &str)], body: Vec<u8>) -> Raw
     crate::verify::verify(raw, 0).expect("a robot without secret or ranges verifies")
 }
 
+/// Every request body in the shared fixtures of the webhook sources, named `source/file-stem`,
+/// with the event header its folder's `headers.json` records, ready for `adapt`.
+pub fn fixture_requests() -> Vec<(String, RawWebhook<Verified>)> {
+    fixture_bodies()
+        .into_iter()
+        .map(|f| {
+            let headers: Vec<(&str, &str)> =
+                f.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            (f.name, verified(f.kind, &headers, f.body))
+        })
+        .collect()
+}
+
+/// One fixture request before verification.
+pub struct FixtureBody {
+    /// `source/file-stem`.
+    pub name: String,
+    pub kind: RobotKind,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+/// The raw parts of `fixture_requests`.
+pub fn fixture_bodies() -> Vec<FixtureBody> {
+    let sources = [
+        (RobotKind::Github, "x-github-event", "x_github_event"),
+        (RobotKind::Gitlab, "x-gitlab-event", "x_gitlab_event"),
+        (RobotKind::Alertmanager, "", ""),
+        (RobotKind::Grafana, "", ""),
+        (RobotKind::Pagerduty, "", ""),
+    ];
+    let mut out = Vec::new();
+    for (kind, header, index_key) in sources {
+        let dir = fixtures_dir(kind.as_str());
+        let index: serde_json::Value = std::fs::read(dir.join("headers.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|n| n.ends_with(".json") && !n.starts_with("response."))
+            .filter(|n| n != "headers.json" && n != "captured-index.json")
+            .collect();
+        files.sort();
+        for file in files {
+            let mut headers = vec![("content-type", "application/json".to_string())];
+            let event = index["files"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|f| f["file"] == file.as_str())
+                .and_then(|f| f[index_key].as_str());
+            if let Some(event) = event {
+                headers.push((header, event.to_string()));
+            }
+            let body = std::fs::read(dir.join(&file)).unwrap();
+            let name = format!("{}/{}", kind.as_str(), file.trim_end_matches(".json"));
+            out.push(FixtureBody {
+                name,
+                kind,
+                headers,
+                body,
+            });
+        }
+    }
+    out
+}
+
 /// Runs the contract over one fixture and snapshots what it renders. Returns the adaptation.
 pub fn check(case: &str, raw: &RawWebhook<Verified>) -> Adapted {
     let source = raw.robot.kind.as_str();

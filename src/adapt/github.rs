@@ -460,7 +460,8 @@ fn release(v: &Value, n: &mut Normalized) {
 }
 
 /// Conclusion (or status while running), branch and sha of a CI object.
-fn ci_fields(n: &mut Normalized, o: &Value, branch: &str, sha: &str) {
+fn ci_fields(n: &mut Normalized, o: &Value, branch: &str, sha: &str, job: &str) {
+    n.facts.ci_key = Some(format!("{}@{job}", repo(n)));
     let conclusion = text(o, "/conclusion");
     n.facts.conclusion = Some(conclusion.to_string()).filter(|c| !c.is_empty());
     n.facts.branch = Some(branch.to_string()).filter(|b| !b.is_empty());
@@ -476,11 +477,18 @@ fn ci_fields(n: &mut Normalized, o: &Value, branch: &str, sha: &str) {
 fn workflow_run(v: &Value, n: &mut Normalized) {
     let run = at(v, "/workflow_run");
     n.object_key = Some(format!("{}@workflow_run:{}", repo(n), id(run, "/id")));
-    ci_fields(n, run, text(run, "/head_branch"), text(run, "/head_sha"));
     let name = match text(v, "/workflow/name") {
         "" => text(run, "/name"),
         name => name,
     };
+    let workflow = format!("workflow:{}", id(run, "/workflow_id"));
+    ci_fields(
+        n,
+        run,
+        text(run, "/head_branch"),
+        text(run, "/head_sha"),
+        &workflow,
+    );
     merge(
         n,
         json!({
@@ -495,7 +503,14 @@ fn workflow_run(v: &Value, n: &mut Normalized) {
 fn workflow_job(v: &Value, n: &mut Normalized) {
     let job = at(v, "/workflow_job");
     n.object_key = Some(format!("{}@workflow_job:{}", repo(n), id(job, "/id")));
-    ci_fields(n, job, text(job, "/head_branch"), text(job, "/head_sha"));
+    let key = format!("job:{}/{}", text(job, "/workflow_name"), text(job, "/name"));
+    ci_fields(
+        n,
+        job,
+        text(job, "/head_branch"),
+        text(job, "/head_sha"),
+        &key,
+    );
     let failed: Vec<String> = at(job, "/steps")
         .as_array()
         .into_iter()
@@ -516,7 +531,8 @@ fn check_run(v: &Value, n: &mut Normalized) {
     let run = at(v, "/check_run");
     n.object_key = Some(format!("{}@check_run:{}", repo(n), id(run, "/id")));
     let branch = text(run, "/check_suite/head_branch");
-    ci_fields(n, run, branch, text(run, "/head_sha"));
+    let key = format!("check:{}", text(run, "/name"));
+    ci_fields(n, run, branch, text(run, "/head_sha"), &key);
     merge(
         n,
         json!({
@@ -531,7 +547,8 @@ fn check_suite(v: &Value, n: &mut Normalized) {
     let suite = at(v, "/check_suite");
     let sha = text(suite, "/head_sha");
     n.object_key = Some(format!("{}@check_suite:{sha}", repo(n)));
-    ci_fields(n, suite, text(suite, "/head_branch"), sha);
+    let key = format!("check_suite:{}", id(suite, "/app/id"));
+    ci_fields(n, suite, text(suite, "/head_branch"), sha, &key);
     let url = match text(v, "/repository/html_url") {
         "" => String::new(),
         repo_url => format!("{repo_url}/commit/{sha}/checks"),
@@ -550,6 +567,7 @@ fn status(v: &Value, n: &mut Normalized) {
     let context = text(v, "/context");
     let state = text(v, "/state");
     n.object_key = Some(format!("{}@status:{sha}:{context}", repo(n)));
+    n.facts.ci_key = Some(format!("{}@status:{context}", repo(n)));
     n.facts.conclusion = Some(state.to_string()).filter(|s| !s.is_empty());
     let branches = names(v, "/branches", "/name");
     n.facts.branch = branches.first().cloned();
@@ -570,6 +588,13 @@ fn deployment(v: &Value, n: &mut Normalized) {
     n.object_key = Some(format!("{}@deployment:{}", repo(n), id(d, "/id")));
     let state = text(s, "/state");
     n.facts.conclusion = Some(state.to_string()).filter(|s| !s.is_empty());
+    if !state.is_empty() {
+        n.facts.ci_key = Some(format!(
+            "{}@deployment:{}",
+            repo(n),
+            text(d, "/environment")
+        ));
+    }
     n.facts.branch = Some(text(d, "/ref").to_string()).filter(|b| !b.is_empty());
     let url = [
         text(s, "/target_url"),

@@ -419,7 +419,8 @@ fn note(v: &Value, n: &mut Normalized) {
 }
 
 /// Conclusion and branch/tag of a CI object from its status, `ref` and `tag` flag.
-fn ci_facts(n: &mut Normalized, status: &str, r: &str, is_tag: bool) {
+fn ci_facts(n: &mut Normalized, job: &str, status: &str, r: &str, is_tag: bool) {
+    n.facts.ci_key = Some(format!("{}@{job}", project_path(n)));
     n.facts.conclusion = Some(status.to_string()).filter(|s| !s.is_empty());
     let r = Some(r.to_string()).filter(|r| !r.is_empty());
     if is_tag {
@@ -437,6 +438,7 @@ fn pipeline(v: &Value, n: &mut Normalized) {
     n.object_key = Some(format!("{}@pipeline:{pid}", project_path(n)));
     ci_facts(
         n,
+        "pipeline",
         status,
         text(a, "/ref"),
         at(a, "/tag").as_bool() == Some(true),
@@ -477,6 +479,7 @@ fn job(v: &Value, n: &mut Normalized) {
     n.object_key = Some(format!("{}@job:{job_id}", project_path(n)));
     ci_facts(
         n,
+        &format!("job:{}/{}", text(v, "/build_stage"), text(v, "/build_name")),
         status,
         text(v, "/ref"),
         at(v, "/tag").as_bool() == Some(true),
@@ -507,7 +510,8 @@ fn deployment(v: &Value, n: &mut Normalized) {
         project_path(n),
         id(v, "/deployment_id")
     ));
-    ci_facts(n, status, text(v, "/ref"), false);
+    let environment = format!("deployment:{}", text(v, "/environment"));
+    ci_facts(n, &environment, status, text(v, "/ref"), false);
     merge(
         n,
         json!({

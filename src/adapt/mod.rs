@@ -6,6 +6,8 @@
 pub mod alertmanager;
 #[cfg(test)]
 pub mod contract;
+#[cfg(test)]
+mod fuzz;
 pub mod github;
 pub mod gitlab;
 pub mod grafana;
@@ -56,6 +58,10 @@ pub struct Facts {
     pub conclusion: Option<String>,
     pub severity: Option<String>,
     pub paths: Vec<String>,
+    /// Which CI job this conclusion belongs to (repo + workflow, check or pipeline name), so
+    /// "on status change" compares a run with the previous run of the same job and branch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ci_key: Option<String>,
 }
 
 /// An answer the sender expects besides the default (PagerDuty's 202, GitHub's ping).
@@ -84,6 +90,65 @@ pub enum AdaptError {
 
 /// Routes a verified webhook to its sender's adapter.
 pub fn adapt(raw: &RawWebhook<Verified>) -> Result<Adapted, AdaptError> {
+    let mut adapted = route(raw)?;
+    adapted.events.iter_mut().for_each(scrub);
+    Ok(adapted)
+}
+
+/// Removes NUL characters from everything an event carries: JSON allows `\u0000`, but no
+/// message needs one and PostgreSQL text cannot hold it.
+fn scrub(n: &mut Normalized) {
+    fn text(s: &mut String) {
+        if s.contains('\0') {
+            s.retain(|c| c != '\0');
+        }
+    }
+    fn value(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) => text(s),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(value),
+            serde_json::Value::Object(map) => {
+                if map.keys().any(|k| k.contains('\0')) {
+                    let entries = std::mem::take(map);
+                    map.extend(entries.into_iter().map(|(k, v)| (k.replace('\0', ""), v)));
+                }
+                map.values_mut().for_each(value);
+            }
+            _ => {}
+        }
+    }
+    text(&mut n.event);
+    value(&mut n.fields);
+    let f = &mut n.facts;
+    let optional = [
+        &mut n.dedupe_key,
+        &mut n.object_key,
+        &mut n.incident_key,
+        &mut f.branch,
+        &mut f.tag,
+        &mut f.actor,
+        &mut f.conclusion,
+        &mut f.severity,
+        &mut f.ci_key,
+    ];
+    optional.into_iter().flatten().for_each(text);
+    let lists = [&mut f.labels, &mut f.paths, &mut n.mention_hints];
+    lists.into_iter().flatten().for_each(text);
+    if let Some(content) = &mut n.content {
+        let mut body = content.body_json();
+        value(&mut body);
+        if let Ok(clean) = Content::from_parts(content.msgtype(), body) {
+            *content = clean;
+        }
+    }
+    let at = &mut n.at;
+    at.at_user_ids
+        .iter_mut()
+        .chain(at.at_mobiles.iter_mut())
+        .for_each(text);
+}
+
+fn route(raw: &RawWebhook<Verified>) -> Result<Adapted, AdaptError> {
     match raw.robot.kind {
         RobotKind::Github => github::adapt(raw),
         RobotKind::Gitlab => gitlab::adapt(raw),

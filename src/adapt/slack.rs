@@ -553,4 +553,4 @@ fn fit(text: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

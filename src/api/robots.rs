@@ -44,6 +44,7 @@ pub(crate) struct CreateRobot {
     rate_per_minute: Option<u32>,
     throttle_seconds: Option<u32>,
     grouping: Option<Grouping>,
+    burst_seconds: Option<u32>,
     alerting: Option<bool>,
     escalation_policy_id: Option<String>,
     plugin_id: Option<String>,
@@ -65,26 +66,26 @@ pub(crate) struct RobotView {
     has_secret: bool,
     #[serde(flatten)]
     spec: RobotSpec,
-    /// Events received since this process started: posted, and answered 2xx but not posted.
+    /// Events received: posted, and answered 2xx but not posted (kept in the store).
     stats: crate::ingress::stats::RobotStats,
     created_at: String,
 }
 
 impl RobotView {
-    fn of(app: &AppState, robot: Robot, reveal: bool) -> RobotView {
-        RobotView {
+    async fn of(app: &AppState, robot: Robot, reveal: bool) -> Result<RobotView, ApiError> {
+        Ok(RobotView {
             webhook_url: webhook_url(app, &robot),
             access_token: reveal.then(|| robot.access_token.clone()),
             secret: if reveal { robot.secret.clone() } else { None },
             has_secret: robot.secret.is_some(),
-            stats: app.robot_stats.of(robot.id),
+            stats: crate::ingress::stats::of(app, robot.id).await?,
             id: robot.id,
             kind: robot.kind,
             conversation_id: robot.conversation_id,
             name: robot.name,
             spec: robot.spec,
             created_at: crate::clock::rfc3339(robot.created_at_ms),
-        }
+        })
     }
 }
 
@@ -108,8 +109,13 @@ fn validate(spec: &RobotSpec) -> Result<(), ApiError> {
             "invalid ip range {bad:?} (CIDR or address)"
         )));
     }
-    if spec.rate_per_minute == 0 || spec.rate_per_minute > 100_000 {
-        return Err(ApiError::bad_request("rate_per_minute must be 1 to 100000"));
+    if spec.burst_seconds > 3600 {
+        return Err(ApiError::bad_request("burst_seconds must be 0 to 3600"));
+    }
+    if spec.rate_per_minute == 0 || spec.rate_per_minute > 6_000_000 {
+        return Err(ApiError::bad_request(
+            "rate_per_minute must be 1 to 6000000",
+        ));
     }
     for (event, template) in &spec.templates {
         minijinja::Environment::new()
@@ -166,6 +172,7 @@ pub(crate) async fn create_robot(
         rate_per_minute: body.rate_per_minute.unwrap_or(defaults.rate_per_minute),
         throttle_seconds: body.throttle_seconds.unwrap_or(defaults.throttle_seconds),
         grouping: body.grouping.unwrap_or_default(),
+        burst_seconds: body.burst_seconds.unwrap_or_default(),
         alerting: body.alerting.unwrap_or(body.kind.is_alerting()),
         escalation_policy_id: body.escalation_policy_id,
         plugin_id: body.plugin_id,
@@ -185,7 +192,10 @@ pub(crate) async fn create_robot(
             spec,
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(RobotView::of(&app, robot, true))))
+    Ok((
+        StatusCode::CREATED,
+        Json(RobotView::of(&app, robot, true).await?),
+    ))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -209,10 +219,11 @@ pub(crate) async fn list_robots(
         .list_robots(caller.org(), page.after::<RobotId>()?, limit + 1)
         .await?;
     let (robots, next_cursor) = paginate(rows, limit, |r| r.id.to_string());
-    let robots = robots
-        .into_iter()
-        .map(|r| RobotView::of(&app, r, false))
-        .collect();
+    let mut views = Vec::with_capacity(robots.len());
+    for robot in robots {
+        views.push(RobotView::of(&app, robot, false).await?);
+    }
+    let robots = views;
     Ok(Json(RobotList {
         robots,
         next_cursor,
@@ -229,7 +240,7 @@ pub(crate) async fn get_robot(
     Path(id): Path<RobotId>,
 ) -> Result<Json<RobotView>, ApiError> {
     let robot = app.store.get_robot(caller.org(), id).await?;
-    Ok(Json(RobotView::of(&app, robot, false)))
+    Ok(Json(RobotView::of(&app, robot, false).await?))
 }
 
 /// Changes to a robot; absent fields stay as they are.
@@ -246,6 +257,7 @@ pub(crate) struct PatchRobot {
     rate_per_minute: Option<u32>,
     throttle_seconds: Option<u32>,
     grouping: Option<Grouping>,
+    burst_seconds: Option<u32>,
     alerting: Option<bool>,
     escalation_policy_id: Option<String>,
     plugin_id: Option<String>,
@@ -285,6 +297,7 @@ pub(crate) async fn update_robot(
         rate_per_minute,
         throttle_seconds,
         grouping,
+        burst_seconds,
         alerting,
         config
     );
@@ -302,7 +315,7 @@ pub(crate) async fn update_robot(
         robot.secret = Some(robot::new_dingtalk_secret());
     }
     app.store.save_robot(&robot).await?;
-    Ok(Json(RobotView::of(&app, robot, false)))
+    Ok(Json(RobotView::of(&app, robot, false).await?))
 }
 
 /// Delete a robot: its URL stops working at once.
@@ -343,7 +356,7 @@ pub(crate) async fn rotate_robot(
             .or_else(|| Some(robot::new_shared_secret()));
     }
     app.store.save_robot(&robot).await?;
-    Ok(Json(RobotView::of(&app, robot, true)))
+    Ok(Json(RobotView::of(&app, robot, true).await?))
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -386,6 +399,9 @@ pub(crate) async fn set_mentions(
             return Err(ApiError::bad_request(
                 "external must be 1 to 256 characters",
             ));
+        }
+        if entry.external.contains('\0') {
+            return Err(ApiError::bad_request("external must not contain NUL"));
         }
         if let Some(user) = entry.user_id {
             app.store.get_user(caller.org(), user).await?;

@@ -28,6 +28,7 @@ pub async fn receive(
 ) -> Result<Response, ApiError> {
     let robot = find_robot(&app, &kind, &token).await?;
     let robot_id = robot.id;
+    let kind = robot.kind;
     let raw = RawWebhook::new(robot, headers, parse_query(uri.query()), body, peer.ip());
     let verified = verify(raw, clock::now_ms()).map_err(|e| {
         tracing::info!(robot.id = %robot_id, error = %e, "webhook refused");
@@ -40,6 +41,7 @@ pub async fn receive(
         tracing::info!(robot.id = %robot_id, error = %e, "webhook not understood");
         match e {
             AdaptError::UnsupportedMediaType(m) => ApiError::UnsupportedMediaType(m),
+            AdaptError::BadPayload(m) if kind == RobotKind::Pagerduty => ApiError::InvalidEvent(m),
             other => ApiError::BadRequest(other.to_string()),
         }
     })?;
@@ -77,7 +79,9 @@ async fn find_robot(app: &AppState, kind: &str, token: &str) -> Result<Robot, Ap
     }
 }
 
-/// Renders and posts one event; false when the source does not render it (counted, not an error).
+/// Filters, renders and posts one event; false when it is filtered out or not rendered
+/// (counted, not an error). A CI conclusion is remembered after the event is handled, so a
+/// failed post is retried by the sender against the same previous conclusion.
 async fn deliver(
     app: &AppState,
     raw: &RawWebhook<Verified>,
@@ -86,14 +90,38 @@ async fn deliver(
     let robot = &raw.robot;
     let filters =
         crate::filter::Filters::parse(&robot.spec.filters).map_err(ApiError::BadRequest)?;
-    if !filters.admits(event) {
-        return Ok(false);
+    let ci = filters
+        .on_conclusion_change
+        .then(|| crate::filter::ci_state(event))
+        .flatten();
+    let previous = match &ci {
+        Some((job, _)) => app.store.ci_conclusion(robot.id, job).await?,
+        None => None,
+    };
+    let posted = filters.admits_after(event, previous.as_deref())
+        && render_and_post(app, robot, event).await?;
+    if let Some((job, conclusion)) = ci {
+        app.store
+            .set_ci_conclusion(robot.id, &job, &conclusion)
+            .await?;
     }
+    Ok(posted)
+}
+
+/// Renders and posts an event that passed the filters; false when the source does not render
+/// it or it was posted before (a redelivery).
+async fn render_and_post(
+    app: &AppState,
+    robot: &Robot,
+    event: &Normalized,
+) -> Result<bool, ApiError> {
+    let mut event = event.clone();
+    let kept = keep_from_card(app, robot, &mut event).await?;
     let content = match &event.content {
         Some(content) => Some(content.clone()),
         None => render::render(
             robot.kind.as_str(),
-            event,
+            &event,
             &robot.spec.templates,
             app.config.http.max_message_bytes,
         )
@@ -102,13 +130,56 @@ async fn deliver(
     let Some(content) = content else {
         return Ok(false);
     };
-    if super::post::already_posted(app, robot, event.dedupe_key.as_deref()).await? {
+    let delivery = event.dedupe_key.as_deref();
+    if super::post::already_posted(app, robot, delivery).await?
+        || super::burst::holds(app, robot, delivery).await?
+    {
         return Ok(false); // a redelivery: answered 2xx, counted, posted once only
     }
-    let mut event = event.clone();
     map_mentions(app, robot, &mut event).await?;
     group_and_post(app, robot, &event, content).await?;
+    if let (Some(key), Some(fields)) = (&event.object_key, kept) {
+        app.store.set_card_fields(robot.id, key, &fields).await?;
+    }
     Ok(true)
+}
+
+/// Fills the fields the source's cards keep (`keep_on_update`) from the card's earlier events
+/// when this event lacks them; returns what the card keeps from now on.
+async fn keep_from_card(
+    app: &AppState,
+    robot: &Robot,
+    event: &mut Normalized,
+) -> Result<Option<serde_json::Value>, ApiError> {
+    let names = render::kept_fields(robot.kind.as_str());
+    let key = event.object_key.as_deref();
+    let Some(key) = key.filter(|_| !names.is_empty() && robot.spec.grouping != Grouping::Off)
+    else {
+        return Ok(None);
+    };
+    let saved = app.store.card_fields(robot.id, key).await?;
+    let mut kept = serde_json::Map::new();
+    for name in names {
+        let now = event.fields.get(name).filter(|v| !is_blank(v)).cloned();
+        let before = saved.as_ref().and_then(|s| s.get(name)).cloned();
+        if let Some(value) = now.or(before) {
+            if let Some(fields) = event.fields.as_object_mut() {
+                fields.insert(name.clone(), value.clone());
+            }
+            kept.insert(name.clone(), value);
+        }
+    }
+    Ok(Some(serde_json::Value::Object(kept)))
+}
+
+fn is_blank(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Null => true,
+        serde_json::Value::String(s) => s.is_empty(),
+        serde_json::Value::Array(a) => a.is_empty(),
+        serde_json::Value::Object(o) => o.is_empty(),
+        _ => false,
+    }
 }
 
 /// Turns the adapter's mention hints (forge logins, alert owners) into mentions of the members
@@ -161,6 +232,10 @@ async fn group_and_post(
             // A repeat (Alertmanager re-sends every repeat_interval): nothing new to say.
             return Ok(());
         }
+        if super::burst::absorbs(app, robot, key, event, &content).await? {
+            return Ok(()); // part of a burst: applied when its window closes
+        }
+        super::burst::touch(app, robot, key).await?;
     }
     let updated = match card {
         Some(card) if robot.spec.grouping != Grouping::Thread => {

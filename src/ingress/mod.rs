@@ -4,6 +4,7 @@
 //! a message, and `post` queues it as the robot. The receive path answers as soon as the
 //! message is durably queued.
 
+pub mod burst;
 mod dingtalk;
 mod hooks;
 pub mod post;

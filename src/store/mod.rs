@@ -6,7 +6,9 @@
 //! member's inbox with its pts counter. Nothing here talks HTTP or wakes connections.
 
 mod bots;
+mod bursts;
 mod postgres;
+mod robot_state;
 mod robots;
 mod shared;
 mod sqlite;
@@ -24,7 +26,9 @@ use crate::model::{
 };
 
 pub use bots::*;
+pub use bursts::{BurstEvent, BurstStore, DueBurst};
 pub use postgres::PgStore;
+pub use robot_state::{RobotStateStore, StatDelta};
 pub use robots::{MentionEntry, RobotStore};
 pub use sqlite::SqliteStore;
 
@@ -201,9 +205,15 @@ pub struct Page<T> {
 
 /// herald's storage: one narrow trait per area, each implemented by both backends.
 /// Add an area by adding its trait to this list.
-pub trait Store: CoreStore + BotStore + DeliveryStore + RobotStore {}
+pub trait Store:
+    CoreStore + BotStore + DeliveryStore + RobotStore + RobotStateStore + BurstStore
+{
+}
 
-impl<T: CoreStore + BotStore + DeliveryStore + RobotStore> Store for T {}
+impl<T> Store for T where
+    T: CoreStore + BotStore + DeliveryStore + RobotStore + RobotStateStore + BurstStore
+{
+}
 
 /// The core: tenancy, people, conversations, messages, the task queue and the inboxes.
 /// Every method that takes an `OrgId` only ever sees that org's rows.
@@ -353,6 +363,14 @@ pub(crate) fn message_from_parts(
         recalled,
         created_at_ms,
     })
+}
+
+/// JSON array of strings for `strings_from`. Values holding a NUL are left out: no stored text
+/// can contain one, and PostgreSQL refuses `\u0000` in jsonb, so one would turn a lookup into
+/// an error.
+pub(crate) fn strings_json(values: &[String]) -> String {
+    let kept: Vec<&String> = values.iter().filter(|v| !v.contains('\0')).collect();
+    serde_json::to_string(&kept).unwrap_or_else(|_| "[]".into())
 }
 
 /// JSON array of ids, the form both backends expand into rows (`json_each` / `jsonb`).

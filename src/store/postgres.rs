@@ -63,6 +63,15 @@ impl PgStore {
         format!("SELECT value FROM jsonb_array_elements_text(CAST({param} AS jsonb)) AS value")
     }
 
+    /// One transaction per message: PostgreSQL commits concurrent transactions together
+    /// (its WAL flush is shared), so no grouping is needed here.
+    async fn enqueue_message_impl(&self, message: &Message) -> Result<Enqueued> {
+        let mut tx = self.writer().begin().await?;
+        let enqueued = Self::enqueue_in(&mut tx, message, clock::now_ms()).await?;
+        tx.commit().await?;
+        Ok(enqueued)
+    }
+
     /// Leases the head task of up to `limit` conversations of this lane. A conversation whose
     /// head is leased elsewhere is skipped entirely, which keeps its events in order.
     async fn claim_tasks_impl(&self, lane: u32, lanes: u32, limit: i64) -> Result<Vec<QueuedTask>> {
@@ -123,6 +132,7 @@ impl PgStore {
             return Ok(ChunkOutcome::default());
         }
         if let Some(message) = job.new_message {
+            // Written at enqueue; this covers tasks queued by versions that wrote it here.
             Self::insert_message_tx(&mut tx, message, job.now_ms).await?;
         }
         sqlx::query(

@@ -165,10 +165,18 @@ macro_rules! robot_store_impl {
                 if deleted == 0 {
                     return Err(StoreError::NotFound("robot"));
                 }
-                sqlx::query("DELETE FROM robot_cards WHERE robot_id = $1")
-                    .bind(id.0)
-                    .execute(&mut *tx)
-                    .await?;
+                for table in [
+                    "robot_cards",
+                    "robot_card_fields",
+                    "robot_ci_state",
+                    "robot_stats",
+                    "robot_bursts",
+                ] {
+                    sqlx::query(&format!("DELETE FROM {table} WHERE robot_id = $1"))
+                        .bind(id.0)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 tx.commit().await?;
                 Ok(())
             }
@@ -233,7 +241,7 @@ macro_rules! robot_store_impl {
             }
 
             async fn map_mentions(&self, org: OrgId, source: &str, externals: &[String]) -> Result<Vec<UserId>> {
-                let externals = serde_json::to_string(externals).map_err(anyhow::Error::from)?;
+                let externals = super::strings_json(externals);
                 let sql = format!(
                     "SELECT DISTINCT user_id FROM mention_map WHERE org_id = $1 AND source = $2 AND external IN ({})",
                     Self::strings_from("$3")

@@ -4,11 +4,54 @@
 //! as inherent methods the macro calls.
 
 /// Expands the shared part of `impl Store` for a backend type. The backend provides
-/// `writer()`, `reader()`, `ids_from(param)`, `claim_tasks_impl`, `fan_out_chunk_impl` and
-/// `watch_inbox_impl`.
+/// `writer()`, `reader()`, `ids_from(param)`, `claim_tasks_impl`, `fan_out_chunk_impl`,
+/// `watch_inbox_impl` and `enqueue_message_impl` (one transaction per message, or a group
+/// commit).
 macro_rules! shared_store_impl {
     ($store:ty, $db:ty) => {
         impl $store {
+            /// Claims the message's dedupe key (if any) and queues its Post task inside `tx`;
+            /// the caller commits (one message, or a group of them on SQLite).
+            async fn enqueue_in(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                message: &Message,
+                now: i64,
+            ) -> Result<Enqueued> {
+                if let Some(key) = &message.dedupe_key {
+                    let claimed = sqlx::query(
+                        "INSERT INTO dedupe (conversation_id, dedupe_key, message_id, created_at) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (conversation_id, dedupe_key) DO NOTHING",
+                    )
+                    .bind(message.conversation_id.0)
+                    .bind(key)
+                    .bind(message.id.0)
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await?
+                    .rows_affected();
+                    if claimed == 0 {
+                        let existing: i64 = sqlx::query_scalar(
+                            "SELECT message_id FROM dedupe WHERE conversation_id = $1 AND dedupe_key = $2",
+                        )
+                        .bind(message.conversation_id.0)
+                        .bind(key)
+                        .fetch_one(&mut **tx)
+                        .await?;
+                        return Ok(Enqueued::Duplicate(MessageId(existing)));
+                    }
+                }
+                // The message row is written with its task, not by the fanout: a card
+                // update or a recall that arrives before the fanout has run then finds the
+                // message, and its event follows the post in the same lane.
+                let record = MessageRecord::from(message);
+                Self::insert_message_tx(tx, &record, now).await?;
+                let task = Task::Post {
+                    message: Box::new(record),
+                };
+                Self::enqueue_tx(tx, &task, now).await?;
+                Ok(Enqueued::New(message.id))
+            }
+
             fn user_from_row(row: &<$db as sqlx::Database>::Row) -> Result<User> {
                 Ok(User {
                     id: UserId(row.try_get("id")?),
@@ -746,7 +789,7 @@ macro_rules! shared_store_impl {
                 ids: &[UserId],
                 mobiles: &[String],
             ) -> Result<Vec<UserId>> {
-                let mobiles = serde_json::to_string(mobiles).map_err(anyhow::Error::from)?;
+                let mobiles = super::strings_json(mobiles);
                 let sql = format!(
                     "SELECT m.user_id FROM members m JOIN users u ON u.id = m.user_id \
                      WHERE m.conversation_id = $1 AND (m.user_id IN ({}) OR u.mobile IN ({})) \
@@ -764,37 +807,7 @@ macro_rules! shared_store_impl {
             }
 
             async fn enqueue_message(&self, message: &Message) -> Result<Enqueued> {
-                let now = clock::now_ms();
-                let mut tx = self.writer().begin().await?;
-                if let Some(key) = &message.dedupe_key {
-                    let claimed = sqlx::query(
-                        "INSERT INTO dedupe (conversation_id, dedupe_key, message_id, created_at) \
-                         VALUES ($1, $2, $3, $4) ON CONFLICT (conversation_id, dedupe_key) DO NOTHING",
-                    )
-                    .bind(message.conversation_id.0)
-                    .bind(key)
-                    .bind(message.id.0)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if claimed == 0 {
-                        let existing: i64 = sqlx::query_scalar(
-                            "SELECT message_id FROM dedupe WHERE conversation_id = $1 AND dedupe_key = $2",
-                        )
-                        .bind(message.conversation_id.0)
-                        .bind(key)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        return Ok(Enqueued::Duplicate(MessageId(existing)));
-                    }
-                }
-                let task = Task::Post {
-                    message: Box::new(MessageRecord::from(message)),
-                };
-                Self::enqueue_tx(&mut tx, &task, now).await?;
-                tx.commit().await?;
-                Ok(Enqueued::New(message.id))
+                self.enqueue_message_impl(message).await
             }
 
             async fn dedupe_lookup(&self, conversation: ConversationId, key: &str) -> Result<Option<MessageId>> {

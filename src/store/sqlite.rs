@@ -2,6 +2,10 @@
 //! connection (SQLite has a single writer anyway; one connection avoids busy retries) and a
 //! small pool of readers that never block it. One herald process per file: `serve` holds a
 //! lock on the data directory.
+//!
+//! Accepting a message is a group commit: every enqueue waiting while the writer syncs goes
+//! into the next transaction together, and each caller is answered after that commit, so a
+//! burst of webhooks costs one fsync per group instead of one per message.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -22,7 +26,17 @@ use crate::model::{Role, SenderKind};
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    group_commit: tokio::sync::mpsc::Sender<PendingEnqueue>,
 }
+
+/// A message waiting for the next group commit, and where its answer goes.
+struct PendingEnqueue {
+    message: Message,
+    answer: tokio::sync::oneshot::Sender<Result<Enqueued>>,
+}
+
+/// The most messages one group commit takes.
+const GROUP_COMMIT_MAX: usize = 256;
 
 impl SqliteStore {
     /// Opens (creating if needed) `herald.db` in the data directory and migrates it.
@@ -53,7 +67,28 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(60))
             .connect_with(options.read_only(true))
             .await?;
-        Ok(SqliteStore { writer, reader })
+        let (group_commit, pending) = tokio::sync::mpsc::channel(4 * GROUP_COMMIT_MAX);
+        tokio::spawn(group_commit_loop(writer.clone(), pending));
+        Ok(SqliteStore {
+            writer,
+            reader,
+            group_commit,
+        })
+    }
+
+    /// Queues the message for the next group commit and waits for it.
+    async fn enqueue_message_impl(&self, message: &Message) -> Result<Enqueued> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let pending = PendingEnqueue {
+            message: message.clone(),
+            answer,
+        };
+        let stopped = || StoreError::Other(anyhow::anyhow!("the SQLite writer has stopped"));
+        self.group_commit
+            .send(pending)
+            .await
+            .map_err(|_| stopped())?;
+        answered.await.map_err(|_| stopped())?
     }
 
     pub(super) fn writer(&self) -> &SqlitePool {
@@ -104,6 +139,7 @@ impl SqliteStore {
             return Ok(ChunkOutcome::default());
         }
         if let Some(message) = job.new_message {
+            // Written at enqueue; this covers tasks queued by versions that wrote it here.
             Self::insert_message_tx(&mut tx, message, job.now_ms).await?;
         }
         sqlx::query(
@@ -183,3 +219,47 @@ impl SqliteStore {
 }
 
 shared_store_impl!(SqliteStore, sqlx::Sqlite);
+
+/// Commits waiting enqueues in groups: takes what has queued up (at most
+/// `GROUP_COMMIT_MAX`), writes all in one transaction and answers each caller after the commit.
+/// A failed commit fails the whole group; nothing in it was acknowledged.
+async fn group_commit_loop(
+    writer: SqlitePool,
+    mut pending: tokio::sync::mpsc::Receiver<PendingEnqueue>,
+) {
+    while let Some(first) = pending.recv().await {
+        let mut group = vec![first];
+        while group.len() < GROUP_COMMIT_MAX {
+            match pending.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        match commit_group(&writer, &group).await {
+            Ok(results) => {
+                for (p, result) in group.into_iter().zip(results) {
+                    let _ = p.answer.send(Ok(result));
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                for p in group {
+                    let _ = p
+                        .answer
+                        .send(Err(StoreError::Other(anyhow::anyhow!("{why}"))));
+                }
+            }
+        }
+    }
+}
+
+async fn commit_group(writer: &SqlitePool, group: &[PendingEnqueue]) -> Result<Vec<Enqueued>> {
+    let now = clock::now_ms();
+    let mut tx = writer.begin().await?;
+    let mut results = Vec::with_capacity(group.len());
+    for p in group {
+        results.push(SqliteStore::enqueue_in(&mut tx, &p.message, now).await?);
+    }
+    tx.commit().await?;
+    Ok(results)
+}

@@ -1,11 +1,16 @@
 //! End-to-end tests: the real `herald` binary over HTTP, SSE and WebSocket, each scenario on
 //! SQLite and on a real PostgreSQL server (`HERALD_TEST_PG_URL`, started by `scripts/test`).
 
+mod fixtures;
+mod fuzz_hooks;
 mod harness;
+mod hook_filters;
 mod hooks;
+mod pagerduty;
 
 mod big_group;
 mod bots;
+mod bursts;
 mod crash;
 mod isolation;
 mod live;

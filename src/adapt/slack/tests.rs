@@ -41,7 +41,7 @@ const MATTERMOST: &str = r#####"{"text": "#### Test results for July 27th, 2017\
 /// JSON that is no Slack message at all.
 const UNKNOWN: &str = r#"{"event": "deploy", "service": {"name": "api", "version": "1.2.3", "meta": {"a": {"b": {"c": {"d": 1}}}}}, "hosts": ["a", "b", "c", "d", "e", "f", "g"], "ok": true, "note": null, "text": ""}"#;
 
-const CASES: &[(&str, &str)] = &[
+pub(in crate::adapt) const CASES: &[(&str, &str)] = &[
     ("text-mrkdwn", TEXT),
     ("attachments", ATTACHMENTS),
     ("blocks", BLOCKS),
