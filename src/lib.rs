@@ -12,6 +12,9 @@
 //! 5. **sync** (`sync`): `/sync`, SSE and WebSocket read the inbox after the client's cursor,
 //!    so a reconnect with the last pts gets exactly what it missed.
 //!
+//! Alerts (`alerts`) hang off ingress: an alert robot's event opens or updates an incident;
+//! a durable timer escalates it to DINGs, which reach their recipients through fanout.
+//!
 //! Outgoing bots (`outgoing`) hang off fanout: the transaction that writes an event also
 //! queues a delivery for every bot that hears it; `outgoing::worker` signs and sends them.
 //!
@@ -20,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod adapt;
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod clock;
@@ -62,6 +66,8 @@ pub struct Shared {
     pub robot_limiter: ratelimit::RobotLimiter,
     /// What each robot's sender delivered: posted and skipped events.
     pub robot_stats: ingress::stats::Counters,
+    /// Alerts: escalation and provider wake-ups, the card-button key.
+    pub alerts: alerts::Alerts,
     /// Cancelled on shutdown: live streams end so the server can drain.
     pub shutdown: CancellationToken,
 }
@@ -95,6 +101,7 @@ impl AppState {
                     .expect("outgoing client from a validated config"),
             ),
             robot_limiter: ratelimit::RobotLimiter::default(),
+            alerts: alerts::Alerts::new(signing_key),
             robot_stats: ingress::stats::Counters::default(),
             hub: Arc::new(hub::Hub::default()),
             ids: ids::IdGenerator::new(),
@@ -132,6 +139,7 @@ pub async fn run(
     app.outgoing.set_listen_addr(listener.local_addr()?);
     let mut workers = workers;
     workers.extend(outgoing::worker::spawn(app.clone(), shutdown.clone()));
+    workers.extend(alerts::spawn(app.clone(), shutdown.clone()));
     let router = api::router(app.clone());
     let router = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, router)

@@ -3,7 +3,10 @@
 
 mod bots;
 mod conversations;
+mod dings;
 mod docs;
+mod escalation;
+mod incidents;
 mod live;
 mod messages;
 mod robots;
@@ -27,11 +30,15 @@ pub fn router(app: AppState) -> Router {
         .merge(bots::router())
         .merge(live::router())
         .merge(robots::router())
+        .merge(incidents::router())
+        .merge(escalation::router())
+        .merge(dings::router())
         .merge(docs::router());
     Router::new()
         .route("/healthz", get(healthz))
         .nest("/api/v1", api)
         .merge(crate::ingress::router())
+        .merge(incidents::card_router())
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(app.config.http.max_body_bytes))

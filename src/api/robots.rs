@@ -120,6 +120,31 @@ fn validate(spec: &RobotSpec) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A named escalation policy must exist in the org ("" detaches).
+async fn check_policy(
+    app: &AppState,
+    org: crate::ids::OrgId,
+    spec: &RobotSpec,
+) -> Result<(), ApiError> {
+    let Some(id) = spec
+        .escalation_policy_id
+        .as_deref()
+        .filter(|s| !s.is_empty())
+    else {
+        return Ok(());
+    };
+    let id = id
+        .parse::<crate::ids::PolicyId>()
+        .map_err(|_| ApiError::bad_request(format!("unknown escalation_policy_id {id:?}")))?;
+    match app.store.get_policy(org, id).await {
+        Ok(_) => Ok(()),
+        Err(crate::store::StoreError::NotFound(_)) => Err(ApiError::bad_request(format!(
+            "unknown escalation_policy_id \"{id}\""
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The secret a new robot gets: DingTalk's `SEC…` for signed custom robots, a random one for
 /// GitHub and GitLab unless given, the given one otherwise.
 fn initial_secret(
@@ -172,6 +197,7 @@ pub(crate) async fn create_robot(
         config: body.config.unwrap_or_default(),
     };
     validate(&spec)?;
+    check_policy(&app, caller.org(), &spec).await?;
     let secret = initial_secret(body.kind, spec.security.sign, body.secret)?;
     let robot = app
         .store
@@ -295,6 +321,7 @@ pub(crate) async fn update_robot(
         spec.plugin_id = patch.plugin_id;
     }
     validate(&robot.spec)?;
+    check_policy(&app, caller.org(), &robot.spec).await?;
     if let Some(secret) = patch.secret {
         robot.secret = initial_secret(robot.kind, robot.spec.security.sign, Some(secret))?;
     } else if robot.kind == RobotKind::Custom && robot.spec.security.sign && robot.secret.is_none()

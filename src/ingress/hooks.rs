@@ -99,12 +99,17 @@ async fn deliver(
         )
         .map_err(|e| ApiError::Internal(e.into()))?,
     };
-    let Some(content) = content else {
-        return Ok(false);
-    };
     if super::post::already_posted(app, robot, event.dedupe_key.as_deref()).await? {
         return Ok(false); // a redelivery: answered 2xx, counted, posted once only
     }
+    let incident = crate::alerts::incident::observe(app, robot, event, content.as_ref()).await?;
+    let content = match (content, &incident) {
+        (Some(c), Some(incident)) => Some(crate::alerts::card::decorate(app, &c, incident)),
+        (content, _) => content,
+    };
+    let Some(content) = content else {
+        return Ok(false);
+    };
     let mut event = event.clone();
     map_mentions(app, robot, &mut event).await?;
     group_and_post(app, robot, &event, content).await?;

@@ -5,6 +5,7 @@
 //! The store is the truth of herald: the durable task queue, the messages, and every
 //! member's inbox with its pts counter. Nothing here talks HTTP or wakes connections.
 
+mod alerts;
 mod bots;
 mod postgres;
 mod robots;
@@ -23,6 +24,7 @@ use crate::model::{
     User,
 };
 
+pub use alerts::*;
 pub use bots::*;
 pub use postgres::PgStore;
 pub use robots::{MentionEntry, RobotStore};
@@ -180,9 +182,9 @@ pub struct Page<T> {
 
 /// herald's storage: one narrow trait per area, each implemented by both backends.
 /// Add an area by adding its trait to this list.
-pub trait Store: CoreStore + BotStore + RobotStore {}
+pub trait Store: CoreStore + BotStore + RobotStore + AlertStore {}
 
-impl<T: CoreStore + BotStore + RobotStore> Store for T {}
+impl<T: CoreStore + BotStore + RobotStore + AlertStore> Store for T {}
 
 /// The core: tenancy, people, conversations, messages, the task queue and the inboxes.
 /// Every method that takes an `OrgId` only ever sees that org's rows.
