@@ -4,6 +4,7 @@
 mod harness;
 mod hooks;
 
+mod alertmanager;
 mod alerts;
 mod big_group;
 mod bots;
