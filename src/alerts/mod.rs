@@ -10,6 +10,8 @@
 //! 4. **ding** (`ding`): a DING is a `ding` event in each recipient's inbox (through the core
 //!    fanout) plus, for SMS and voice, signed requests to the org's notification provider
 //!    (`ding::notify_loop`).
+//! 5. **reply** (`reply::observe`): a member's "ack" / "resolve" in the group that
+//!    @-mentions the alert robot, quotes the incident or answers in its thread.
 //!
 //! Nothing here sleeps in memory for a step: every wait is a row with its due time.
 
@@ -18,6 +20,7 @@ pub mod ding;
 pub mod escalate;
 pub mod incident;
 pub mod policy;
+pub mod reply;
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;

@@ -20,6 +20,7 @@ on_both_backends!(
     sigkill_mid_wait_fires_the_next_step_once,
     dings_reach_recipients_and_record_confirmations,
     policies_and_incidents_refuse_bad_input,
+    group_replies_ack_and_resolve,
 );
 
 mod two_processes {
@@ -760,4 +761,79 @@ async fn policies_and_incidents_refuse_bad_input(backend: Backend) {
         .get(&admin, &format!("/api/v1/escalation-policies/{id}"))
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+async fn group_replies_ack_and_resolve(backend: Backend) {
+    let server = Server::start(backend, "").await;
+    let admin = server.admin_token();
+    let (group, robot) = alert_robot(&server, &admin, "pagerduty", &[]).await;
+    let other = server.create_group(&admin, "elsewhere", &[]).await;
+    let url = robot["webhook_url"].as_str().unwrap();
+    for key in ["k1", "k2", "k3"] {
+        post_json(&server, url, pagerduty("trigger", key)).await;
+    }
+    let listed = incidents(&server, &admin, "").await;
+    let id_of = |key: &str| {
+        listed.iter().find(|i| i["key"] == key).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let reply = |conversation: String, body: Value| {
+        let server = &server;
+        let admin = admin.clone();
+        async move {
+            let (status, posted) = server
+                .post(
+                    &admin,
+                    &format!("/api/v1/conversations/{conversation}/messages"),
+                    body,
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{posted}");
+        }
+    };
+    let robot_mention = format!("robot_{}", robot["id"].as_str().unwrap());
+    // Quoting an incident from another conversation does nothing; a bare "ack" neither.
+    reply(
+        other,
+        json!({"msgtype": "text", "text": {"content": format!("ack #{}", id_of("k1"))}}),
+    )
+    .await;
+    reply(
+        group.clone(),
+        json!({"msgtype": "text", "text": {"content": "ack"}}),
+    )
+    .await;
+    assert_eq!(
+        incidents(&server, &admin, "?state=triggered").await.len(),
+        3
+    );
+    // "@robot ack": the robot's newest open incident (k3).
+    reply(
+        group.clone(),
+        json!({"msgtype": "text", "text": {"content": "@alerts ack, looking"}, "at": {"atUserIds": [robot_mention]}}),
+    )
+    .await;
+    let acked = wait_state(&server, &admin, &id_of("k3"), "acknowledged").await;
+    let last = acked["timeline"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["channel"], "reply");
+    // "resolve #id" quotes k1; "resolve" in k2's thread resolves k2.
+    reply(
+        group.clone(),
+        json!({"msgtype": "text", "text": {"content": format!("resolve #{}", id_of("k1"))}}),
+    )
+    .await;
+    wait_state(&server, &admin, &id_of("k1"), "resolved").await;
+    reply(
+        group.clone(),
+        json!({"msgtype": "text", "text": {"content": "resolve"}, "thread_key": "k2"}),
+    )
+    .await;
+    wait_state(&server, &admin, &id_of("k2"), "resolved").await;
 }
