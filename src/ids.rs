@@ -67,7 +67,8 @@ id_type!(
     DeliveryId,
     IncidentId,
     PolicyId,
-    DingId
+    DingId,
+    RotationId
 );
 
 /// Generates time-ordered, process-unique 63-bit ids: milliseconds since 2024 in the high bits,

@@ -81,6 +81,16 @@ CREATE TABLE ding_recipients (
 );
 CREATE INDEX ding_recipients_user ON ding_recipients (user_id, ding_id);
 
+-- On-call rotations: members, hand-off rule and overrides as one JSON spec.
+CREATE TABLE rotations (
+    id BIGSERIAL PRIMARY KEY,
+    org_id BIGINT NOT NULL,
+    name TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX rotations_org ON rotations (org_id, id);
+
 -- Per-org SMS/voice gateway.
 CREATE TABLE notification_providers (
     org_id BIGINT PRIMARY KEY,

@@ -81,6 +81,16 @@ CREATE TABLE ding_recipients (
 ) WITHOUT ROWID;
 CREATE INDEX ding_recipients_user ON ding_recipients (user_id, ding_id);
 
+-- On-call rotations: members, hand-off rule and overrides as one JSON spec.
+CREATE TABLE rotations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    org_id INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX rotations_org ON rotations (org_id, id);
+
 -- Per-org SMS/voice gateway.
 CREATE TABLE notification_providers (
     org_id INTEGER PRIMARY KEY,

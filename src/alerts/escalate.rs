@@ -179,6 +179,16 @@ async fn notify(
             Err(e) => return Err(e),
         }
     }
+    for id in &step.targets.rotations {
+        match app.store.get_rotation(incident.org_id, *id).await {
+            Ok(r) => match r.spec.oncall(now) {
+                Ok(on) => users.push(on.user),
+                Err(e) => tracing::warn!(rotation.id = %id, error = %e, "rotation unusable"),
+            },
+            Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
     users.sort_unstable();
     users.dedup();
     let text = format!(

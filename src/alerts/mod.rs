@@ -21,6 +21,7 @@ pub mod escalate;
 pub mod incident;
 pub mod policy;
 pub mod reply;
+pub mod rotation;
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::ids::{OrgId, PolicyId, UserId};
+use crate::ids::{OrgId, PolicyId, RotationId, UserId};
 
 /// At most this many steps per policy, and passes through them.
 const MAX_STEPS: usize = 20;
@@ -67,11 +67,14 @@ pub struct Targets {
     /// The owner of the incident's conversation.
     #[serde(default)]
     pub conversation_owner: bool,
+    /// Whoever is on call in these rotations when the step fires.
+    #[serde(default)]
+    pub rotations: Vec<RotationId>,
 }
 
 impl Targets {
     fn is_empty(&self) -> bool {
-        self.users.is_empty() && !self.conversation_owner
+        self.users.is_empty() && !self.conversation_owner && self.rotations.is_empty()
     }
 }
 
@@ -200,6 +203,7 @@ mod tests {
             targets: Targets {
                 users: vec![UserId(1)],
                 conversation_owner: false,
+                rotations: vec![],
             },
             channel: Channel::DingApp,
         };

@@ -88,6 +88,19 @@ async fn check(app: &AppState, org: OrgId, name: &str, spec: &PolicySpec) -> Res
             Err(e) => return Err(e.into()),
         }
     }
+    for step in &spec.steps {
+        for rotation in &step.targets.rotations {
+            match app.store.get_rotation(org, *rotation).await {
+                Ok(_) => {}
+                Err(crate::store::StoreError::NotFound(_)) => {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown rotation id {rotation}"
+                    )))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
     Ok(())
 }
 

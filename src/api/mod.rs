@@ -10,6 +10,7 @@ mod incidents;
 mod live;
 mod messages;
 mod robots;
+mod rotations;
 mod users;
 
 use axum::extract::DefaultBodyLimit;
@@ -33,6 +34,7 @@ pub fn router(app: AppState) -> Router {
         .merge(incidents::router())
         .merge(escalation::router())
         .merge(dings::router())
+        .merge(rotations::router())
         .merge(docs::router());
     Router::new()
         .route("/healthz", get(healthz))

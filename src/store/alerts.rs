@@ -11,8 +11,11 @@ use sqlx::Row;
 use super::{ids_json, MessageRecord, PgStore, Result, SqliteStore, StoreError, Task};
 use crate::alerts::incident::{Incident, State, TimelineEntry};
 use crate::alerts::policy::{Channel, Policy, PolicySpec};
+use crate::alerts::rotation::{Rotation, RotationSpec};
 use crate::clock;
-use crate::ids::{ConversationId, DingId, IncidentId, OrgId, PolicyId, RobotId, UserId};
+use crate::ids::{
+    ConversationId, DingId, IncidentId, OrgId, PolicyId, RobotId, RotationId, UserId,
+};
 use crate::model::{Content, EventKind, Sender, SenderKind};
 
 /// An alert robot's fire, to apply to the incident of its key.
@@ -257,6 +260,22 @@ pub trait AlertStore: Send + Sync {
     /// Everyone a DING about the incident reached.
     async fn dinged_users(&self, incident: IncidentId) -> Result<Vec<UserId>>;
 
+    async fn create_rotation(
+        &self,
+        org: OrgId,
+        name: &str,
+        spec: &RotationSpec,
+    ) -> Result<Rotation>;
+    async fn get_rotation(&self, org: OrgId, id: RotationId) -> Result<Rotation>;
+    async fn list_rotations(
+        &self,
+        org: OrgId,
+        after: Option<RotationId>,
+        limit: i64,
+    ) -> Result<Vec<Rotation>>;
+    async fn save_rotation(&self, rotation: &Rotation) -> Result<()>;
+    async fn delete_rotation(&self, org: OrgId, id: RotationId) -> Result<()>;
+
     async fn set_notifier(&self, org: OrgId, notifier: &Notifier) -> Result<()>;
     async fn get_notifier(&self, org: OrgId) -> Result<Option<Notifier>>;
     async fn claim_notifications(
@@ -330,6 +349,18 @@ macro_rules! alert_store_impl {
                     created_at_ms: row.try_get("created_at")?,
                     updated_at_ms: row.try_get("updated_at")?,
                     resolved_at_ms: row.try_get("resolved_at")?,
+                })
+            }
+
+            fn rotation_from_row(row: &<$db as sqlx::Database>::Row) -> Result<Rotation> {
+                let spec: &str = row.try_get("spec")?;
+                Ok(Rotation {
+                    id: RotationId(row.try_get("id")?),
+                    org_id: OrgId(row.try_get("org_id")?),
+                    name: row.try_get("name")?,
+                    spec: serde_json::from_str(spec)
+                        .map_err(|e| anyhow::anyhow!("stored rotation spec: {e}"))?,
+                    created_at_ms: row.try_get("created_at")?,
                 })
             }
 
@@ -1004,6 +1035,75 @@ macro_rules! alert_store_impl {
                 .fetch_all(self.reader())
                 .await?;
                 Ok(ids.into_iter().map(UserId).collect())
+            }
+
+            async fn create_rotation(&self, org: OrgId, name: &str, spec: &RotationSpec) -> Result<Rotation> {
+                let text = serde_json::to_string(spec).map_err(anyhow::Error::from)?;
+                let row = sqlx::query(
+                    "INSERT INTO rotations (org_id, name, spec, created_at) VALUES ($1, $2, $3, $4) \
+                     RETURNING id, org_id, name, spec, created_at",
+                )
+                .bind(org.0)
+                .bind(name)
+                .bind(text)
+                .bind(clock::now_ms())
+                .fetch_one(self.writer())
+                .await?;
+                Self::rotation_from_row(&row)
+            }
+
+            async fn get_rotation(&self, org: OrgId, id: RotationId) -> Result<Rotation> {
+                let row = sqlx::query(
+                    "SELECT id, org_id, name, spec, created_at FROM rotations WHERE id = $1 AND org_id = $2",
+                )
+                .bind(id.0)
+                .bind(org.0)
+                .fetch_optional(self.reader())
+                .await?
+                .ok_or(StoreError::NotFound("rotation"))?;
+                Self::rotation_from_row(&row)
+            }
+
+            async fn list_rotations(&self, org: OrgId, after: Option<RotationId>, limit: i64) -> Result<Vec<Rotation>> {
+                let rows = sqlx::query(
+                    "SELECT id, org_id, name, spec, created_at FROM rotations \
+                     WHERE org_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+                )
+                .bind(org.0)
+                .bind(after.map_or(0, |r| r.0))
+                .bind(limit)
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter().map(Self::rotation_from_row).collect()
+            }
+
+            async fn save_rotation(&self, rotation: &Rotation) -> Result<()> {
+                let text = serde_json::to_string(&rotation.spec).map_err(anyhow::Error::from)?;
+                let updated = sqlx::query("UPDATE rotations SET name = $1, spec = $2 WHERE id = $3 AND org_id = $4")
+                    .bind(&rotation.name)
+                    .bind(text)
+                    .bind(rotation.id.0)
+                    .bind(rotation.org_id.0)
+                    .execute(self.writer())
+                    .await?
+                    .rows_affected();
+                if updated == 0 {
+                    return Err(StoreError::NotFound("rotation"));
+                }
+                Ok(())
+            }
+
+            async fn delete_rotation(&self, org: OrgId, id: RotationId) -> Result<()> {
+                let deleted = sqlx::query("DELETE FROM rotations WHERE id = $1 AND org_id = $2")
+                    .bind(id.0)
+                    .bind(org.0)
+                    .execute(self.writer())
+                    .await?
+                    .rows_affected();
+                if deleted == 0 {
+                    return Err(StoreError::NotFound("rotation"));
+                }
+                Ok(())
             }
 
             async fn set_notifier(&self, org: OrgId, n: &Notifier) -> Result<()> {

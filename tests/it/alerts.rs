@@ -21,6 +21,7 @@ on_both_backends!(
     dings_reach_recipients_and_record_confirmations,
     policies_and_incidents_refuse_bad_input,
     group_replies_ack_and_resolve,
+    rotation_hands_off_across_dst_and_is_escalated_to,
 );
 
 mod two_processes {
@@ -836,4 +837,105 @@ async fn group_replies_ack_and_resolve(backend: Backend) {
     )
     .await;
     wait_state(&server, &admin, &id_of("k2"), "resolved").await;
+}
+
+async fn rotation_hands_off_across_dst_and_is_escalated_to(backend: Backend) {
+    let server = Server::start(backend, "").await;
+    let admin = server.admin_token();
+    let users = people(&server, &admin, &["ann", "bob", "cyd"]).await;
+    let (ann, bob, cyd) = (&users[0], &users[1], &users[2]);
+    let (status, rotation) = server
+        .post(
+            &admin,
+            "/api/v1/rotations",
+            json!({"name": "primary", "members": [ann.0, bob.0], "time_zone": "America/New_York",
+                   "handoff": "daily", "handoff_time": "09:00", "start": "2026-03-07",
+                   "overrides": [{"user_id": cyd.0, "start": "2026-03-09T00:00:00Z", "end": "2026-03-09T06:00:00Z"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{rotation}");
+    let id = rotation["id"].as_str().unwrap();
+    let oncall = |at: &'static str| {
+        let (server, member, id) = (&server, ann.1.clone(), id.to_string());
+        async move {
+            let (status, body) = server
+                .get(&member, &format!("/api/v1/rotations/{id}/oncall?at={at}"))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body
+        }
+    };
+    // New York springs forward on 2026-03-08: the 09:00 hand-off moves from 14:00Z to 13:00Z.
+    assert_eq!(
+        oncall("2026-03-07T13:59:00Z").await["user_id"],
+        bob.0.as_str(),
+        "before the first hand-off"
+    );
+    assert_eq!(
+        oncall("2026-03-07T14:00:00Z").await["user_id"],
+        ann.0.as_str()
+    );
+    assert_eq!(
+        oncall("2026-03-08T12:59:00Z").await["user_id"],
+        ann.0.as_str()
+    );
+    assert_eq!(
+        oncall("2026-03-08T13:00:00Z").await["user_id"],
+        bob.0.as_str()
+    );
+    let over = oncall("2026-03-09T01:00:00Z").await;
+    assert_eq!(
+        (over["user_id"].as_str(), over["source"].as_str()),
+        (Some(cyd.0.as_str()), Some("override"))
+    );
+    let (status, _) = server
+        .get(
+            &admin,
+            &format!("/api/v1/rotations/{id}/oncall?at=yesterday"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = server
+        .post(
+            &admin,
+            "/api/v1/rotations",
+            json!({"name": "x", "members": [ann.0], "time_zone": "Mars/Base",
+            "handoff": "daily", "handoff_time": "09:00", "start": "2026-03-07"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A step that targets the rotation DINGs whoever is on call when it fires.
+    let (_, now) = server
+        .get(&admin, &format!("/api/v1/rotations/{id}/oncall"))
+        .await;
+    let on_call = users
+        .iter()
+        .find(|(uid, _)| *uid == now["user_id"].as_str().unwrap())
+        .unwrap();
+    let (_, robot) = alert_robot(&server, &admin, "pagerduty", &[]).await;
+    let (status, policy) = server
+        .post(
+            &admin,
+            "/api/v1/escalation-policies",
+            json!({"name": "rota", "steps": [
+            {"wait_seconds": 1, "targets": {"rotations": [id]}, "channel": "ding_app"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{policy}");
+    let (status, _) = server
+        .call(
+            reqwest::Method::PATCH,
+            &admin,
+            &format!("/api/v1/robots/{}", robot["id"].as_str().unwrap()),
+            Some(json!({"escalation_policy_id": policy["id"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    post_json(
+        &server,
+        robot["webhook_url"].as_str().unwrap(),
+        pagerduty("trigger", "rota"),
+    )
+    .await;
+    wait_dings(&server, &on_call.1, 1, Duration::from_secs(20)).await;
 }
