@@ -562,8 +562,8 @@ macro_rules! alert_store_impl {
                     crate::alerts::policy::DEFAULT_FLAP_WINDOW_SECONDS as i64 * 1000,
                     |(_, p)| p.flap_window_seconds as i64 * 1000,
                 );
-                let recent: Option<(i64, i64)> = sqlx::query_as(
-                    "SELECT id, step FROM incidents WHERE robot_id = $1 AND incident_key = $2 \
+                let recent: Option<(i64, i64, i64)> = sqlx::query_as(
+                    "SELECT id, step, round FROM incidents WHERE robot_id = $1 AND incident_key = $2 \
                      AND state = 'resolved' AND resolved_at >= $3 ORDER BY id DESC LIMIT 1",
                 )
                 .bind(f.robot.0)
@@ -572,7 +572,7 @@ macro_rules! alert_store_impl {
                 .fetch_optional(&mut **tx)
                 .await?;
                 let labels = serde_json::to_string(&f.labels).map_err(anyhow::Error::from)?;
-                if let Some((id, step)) = recent {
+                if let Some((id, step, round)) = recent {
                     let reopened = sqlx::query(
                         "UPDATE incidents SET state = 'triggered', open_key = $1, resolved_at = NULL, \
                          fire_count = fire_count + 1, title = $2, card = COALESCE($3, card), updated_at = $4 \
@@ -592,7 +592,7 @@ macro_rules! alert_store_impl {
                         let next = f.policy.as_ref().map(|(_, p)| NextTimer {
                             kind: TimerKind::Step,
                             step: step as u32,
-                            round: 0,
+                            round: round as u32,
                             due_at_ms: f.now_ms + p.wait_ms(step as u32),
                         });
                         Self::set_timer_tx(tx, id, next.as_ref(), f.now_ms).await?;

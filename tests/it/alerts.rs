@@ -22,6 +22,7 @@ on_both_backends!(
     policies_and_incidents_refuse_bad_input,
     group_replies_ack_and_resolve,
     rotation_hands_off_across_dst_and_is_escalated_to,
+    flapping_reopens_where_the_chain_stood_and_ack_times_out,
 );
 
 mod two_processes {
@@ -938,4 +939,79 @@ async fn rotation_hands_off_across_dst_and_is_escalated_to(backend: Backend) {
     )
     .await;
     wait_dings(&server, &on_call.1, 1, Duration::from_secs(20)).await;
+}
+
+async fn flapping_reopens_where_the_chain_stood_and_ack_times_out(backend: Backend) {
+    let server = Server::start(backend, "").await;
+    let admin = server.admin_token();
+    let users = people(&server, &admin, &["ann", "bob", "cyd"]).await;
+    let (ann, bob, cyd) = (&users[0], &users[1], &users[2]);
+    let (_, robot) = alert_robot(&server, &admin, "pagerduty", &[]).await;
+    attach_policy(
+        &server,
+        &admin,
+        &robot,
+        &[
+            (1, &ann.0, "ding_app"),
+            (1, &bob.0, "ding_app"),
+            (1, &cyd.0, "ding_app"),
+        ],
+        json!({"ack_timeout_seconds": 1}),
+    )
+    .await;
+    let url = robot["webhook_url"].as_str().unwrap();
+    post_json(&server, url, pagerduty("trigger", "flappy")).await;
+    let first = wait_dings(&server, &ann.1, 1, Duration::from_secs(20)).await;
+    let id = first[0]["ding"]["incident_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Resolve and fire again at once: the same incident re-opens at step 2 (bob), not ann.
+    post_json(&server, url, pagerduty("resolve", "flappy")).await;
+    post_json(&server, url, pagerduty("trigger", "flappy")).await;
+    let all = incidents(&server, &admin, "").await;
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(
+        (all[0]["id"].as_str(), all[0]["state"].as_str()),
+        (Some(id.as_str()), Some("triggered"))
+    );
+    assert_eq!(all[0]["fire_count"], 2);
+    wait_dings(&server, &bob.1, 1, Duration::from_secs(20)).await;
+    let escalations = |list: Vec<Value>| {
+        list.iter()
+            .filter(|d| d["ding"]["text"].as_str().unwrap().starts_with('🚨'))
+            .count()
+    };
+    assert_eq!(
+        escalations(dings(&server, &ann.1).await),
+        1,
+        "the chain did not restart"
+    );
+    // Acknowledged with a one-second timeout: escalation resumes (cyd) since nobody resolved it.
+    let (status, _) = server
+        .post(&admin, &format!("/api/v1/incidents/{id}/ack"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    wait_dings(&server, &cyd.1, 1, Duration::from_secs(20)).await;
+    let (_, full) = server.get(&admin, &format!("/api/v1/incidents/{id}")).await;
+    let actions: Vec<&str> = full["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "opened",
+            "escalated",
+            "resolved",
+            "reopened",
+            "escalated",
+            "acknowledged",
+            "acknowledgement expired",
+            "escalated"
+        ],
+        "{full:#}"
+    );
 }
