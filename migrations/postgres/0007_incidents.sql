@@ -91,6 +91,24 @@ CREATE TABLE rotations (
 );
 CREATE INDEX rotations_org ON rotations (org_id, id);
 
+-- Digest mode: a robot's batched alert lines, and when its next digest is due.
+CREATE TABLE digest_items (
+    id BIGSERIAL PRIMARY KEY,
+    robot_id BIGINT NOT NULL,
+    line TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX digest_items_robot ON digest_items (robot_id, id);
+
+CREATE TABLE digest_timers (
+    robot_id BIGINT PRIMARY KEY,
+    org_id BIGINT NOT NULL,
+    conversation_id BIGINT NOT NULL,
+    robot_name TEXT NOT NULL,
+    due_at BIGINT NOT NULL,
+    locked_until BIGINT NOT NULL
+);
+
 -- Per-org SMS/voice gateway.
 CREATE TABLE notification_providers (
     org_id BIGINT PRIMARY KEY,

@@ -30,6 +30,9 @@ const POLL: Duration = Duration::from_millis(500);
 /// Fires due timers until shutdown.
 pub async fn timer_loop(app: AppState, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
+        if let Err(e) = super::digest::post_due(&app).await {
+            tracing::warn!(error = %e, "posting digests failed");
+        }
         let fired = match run_round(&app).await {
             Ok(n) => n,
             Err(e) => {

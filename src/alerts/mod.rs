@@ -10,12 +10,15 @@
 //! 4. **ding** (`ding`): a DING is a `ding` event in each recipient's inbox (through the core
 //!    fanout) plus, for SMS and voice, signed requests to the org's notification provider
 //!    (`ding::notify_loop`).
-//! 5. **reply** (`reply::observe`): a member's "ack" / "resolve" in the group that
+//! 5. **digest** (`digest`): low-severity events of a robot in digest mode become one message
+//!    per interval, posted by the same timer task.
+//! 6. **reply** (`reply::observe`): a member's "ack" / "resolve" in the group that
 //!    @-mentions the alert robot, quotes the incident or answers in its thread.
 //!
 //! Nothing here sleeps in memory for a step: every wait is a row with its due time.
 
 pub mod card;
+pub mod digest;
 pub mod ding;
 pub mod escalate;
 pub mod incident;

@@ -46,6 +46,7 @@ pub(crate) struct CreateRobot {
     grouping: Option<Grouping>,
     alerting: Option<bool>,
     escalation_policy_id: Option<String>,
+    digest: Option<robot::Digest>,
     plugin_id: Option<String>,
     config: Option<std::collections::BTreeMap<String, String>>,
 }
@@ -107,6 +108,13 @@ fn validate(spec: &RobotSpec) -> Result<(), ApiError> {
         return Err(ApiError::bad_request(format!(
             "invalid ip range {bad:?} (CIDR or address)"
         )));
+    }
+    if let Some(d) = &spec.digest {
+        if d.interval_seconds == 0 || d.interval_seconds > 86_400 || d.severities.is_empty() {
+            return Err(ApiError::bad_request(
+                "digest needs severities and an interval_seconds of 1 to 86400",
+            ));
+        }
     }
     if spec.rate_per_minute == 0 || spec.rate_per_minute > 100_000 {
         return Err(ApiError::bad_request("rate_per_minute must be 1 to 100000"));
@@ -193,6 +201,7 @@ pub(crate) async fn create_robot(
         grouping: body.grouping.unwrap_or_default(),
         alerting: body.alerting.unwrap_or(body.kind.is_alerting()),
         escalation_policy_id: body.escalation_policy_id,
+        digest: body.digest,
         plugin_id: body.plugin_id,
         config: body.config.unwrap_or_default(),
     };
@@ -274,6 +283,7 @@ pub(crate) struct PatchRobot {
     grouping: Option<Grouping>,
     alerting: Option<bool>,
     escalation_policy_id: Option<String>,
+    digest: Option<robot::Digest>,
     plugin_id: Option<String>,
     config: Option<std::collections::BTreeMap<String, String>>,
 }
@@ -314,6 +324,10 @@ pub(crate) async fn update_robot(
         alerting,
         config
     );
+    if let Some(digest) = patch.digest {
+        // An interval of 0 turns digest mode off.
+        spec.digest = Some(digest).filter(|d| d.interval_seconds > 0);
+    }
     if patch.escalation_policy_id.is_some() {
         spec.escalation_policy_id = patch.escalation_policy_id;
     }

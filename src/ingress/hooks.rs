@@ -103,6 +103,10 @@ async fn deliver(
         return Ok(false); // a redelivery: answered 2xx, counted, posted once only
     }
     let incident = crate::alerts::incident::observe(app, robot, event, content.as_ref()).await?;
+    if crate::alerts::digest::applies(robot, event) {
+        crate::alerts::digest::add(app, robot, event).await?;
+        return Ok(true); // batched: the robot's next digest lists it
+    }
     let content = match (content, &incident) {
         (Some(c), Some(incident)) => Some(crate::alerts::card::decorate(app, &c, incident)),
         (content, _) => content,

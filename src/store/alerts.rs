@@ -200,6 +200,28 @@ pub struct OutboxItem {
     pub notifier: Option<Notifier>,
 }
 
+/// One line for a robot's digest.
+#[derive(Debug, Clone)]
+pub struct DigestLine {
+    pub org: OrgId,
+    pub robot: RobotId,
+    pub robot_name: String,
+    pub conversation: ConversationId,
+    pub line: String,
+    pub due_at_ms: i64,
+    pub now_ms: i64,
+}
+
+/// A robot whose digest is due.
+#[derive(Debug, Clone)]
+pub struct DueDigest {
+    pub robot: RobotId,
+    pub org: OrgId,
+    pub conversation: ConversationId,
+    pub robot_name: String,
+    pub due_at_ms: i64,
+}
+
 /// `GET /incidents` filters.
 #[derive(Debug, Clone, Default)]
 pub struct IncidentFilter {
@@ -275,6 +297,19 @@ pub trait AlertStore: Send + Sync {
     ) -> Result<Vec<Rotation>>;
     async fn save_rotation(&self, rotation: &Rotation) -> Result<()>;
     async fn delete_rotation(&self, org: OrgId, id: RotationId) -> Result<()>;
+
+    /// Adds a line to the robot's digest; the first line of a batch sets its due time.
+    async fn add_digest_line(&self, item: &DigestLine) -> Result<()>;
+    /// Leases robots whose digest is due.
+    async fn claim_digests(&self, now_ms: i64, lease_ms: i64, limit: i64)
+        -> Result<Vec<DueDigest>>;
+    /// Removes the due digest and its lines and queues `message` built from them (by `build`),
+    /// in one transaction; false if another process posted it first.
+    async fn post_digest(
+        &self,
+        due: &DueDigest,
+        build: &(dyn for<'a> Fn(&'a [String]) -> MessageRecord + Send + Sync),
+    ) -> Result<bool>;
 
     async fn set_notifier(&self, org: OrgId, notifier: &Notifier) -> Result<()>;
     async fn get_notifier(&self, org: OrgId) -> Result<Option<Notifier>>;
@@ -1104,6 +1139,89 @@ macro_rules! alert_store_impl {
                     return Err(StoreError::NotFound("rotation"));
                 }
                 Ok(())
+            }
+
+            async fn add_digest_line(&self, d: &DigestLine) -> Result<()> {
+                let mut tx = self.writer().begin().await?;
+                sqlx::query("INSERT INTO digest_items (robot_id, line, created_at) VALUES ($1, $2, $3)")
+                    .bind(d.robot.0)
+                    .bind(&d.line)
+                    .bind(d.now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO digest_timers (robot_id, org_id, conversation_id, robot_name, due_at, locked_until) \
+                     VALUES ($1, $2, $3, $4, $5, 0) ON CONFLICT (robot_id) DO NOTHING",
+                )
+                .bind(d.robot.0)
+                .bind(d.org.0)
+                .bind(d.conversation.0)
+                .bind(&d.robot_name)
+                .bind(d.due_at_ms)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn claim_digests(&self, now_ms: i64, lease_ms: i64, limit: i64) -> Result<Vec<DueDigest>> {
+                let rows = sqlx::query(concat!(
+                    "UPDATE digest_timers SET locked_until = $2 WHERE robot_id IN ( \
+                       SELECT robot_id FROM digest_timers WHERE due_at <= $1 AND locked_until <= $1 \
+                       ORDER BY due_at LIMIT $3 ", $lock, ") \
+                     RETURNING robot_id, org_id, conversation_id, robot_name, due_at"
+                ))
+                .bind(now_ms)
+                .bind(now_ms + lease_ms)
+                .bind(limit)
+                .fetch_all(self.writer())
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(DueDigest {
+                            robot: RobotId(r.try_get("robot_id")?),
+                            org: OrgId(r.try_get("org_id")?),
+                            conversation: ConversationId(r.try_get("conversation_id")?),
+                            robot_name: r.try_get("robot_name")?,
+                            due_at_ms: r.try_get("due_at")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn post_digest(
+                &self,
+                due: &DueDigest,
+                build: &(dyn for<'a> Fn(&'a [String]) -> MessageRecord + Send + Sync),
+            ) -> Result<bool> {
+                let now = clock::now_ms();
+                let mut tx = self.writer().begin().await?;
+                let deleted = sqlx::query("DELETE FROM digest_timers WHERE robot_id = $1 AND due_at = $2")
+                    .bind(due.robot.0)
+                    .bind(due.due_at_ms)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if deleted != 1 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                let lines: Vec<String> = sqlx::query_scalar(
+                    "SELECT line FROM digest_items WHERE robot_id = $1 ORDER BY id",
+                )
+                .bind(due.robot.0)
+                .fetch_all(&mut *tx)
+                .await?;
+                sqlx::query("DELETE FROM digest_items WHERE robot_id = $1")
+                    .bind(due.robot.0)
+                    .execute(&mut *tx)
+                    .await?;
+                if !lines.is_empty() {
+                    let task = Task::Post { message: Box::new(build(&lines)) };
+                    Self::enqueue_tx(&mut tx, &task, now).await?;
+                }
+                tx.commit().await?;
+                Ok(true)
             }
 
             async fn set_notifier(&self, org: OrgId, n: &Notifier) -> Result<()> {

@@ -23,6 +23,7 @@ on_both_backends!(
     group_replies_ack_and_resolve,
     rotation_hands_off_across_dst_and_is_escalated_to,
     flapping_reopens_where_the_chain_stood_and_ack_times_out,
+    digest_batches_low_severity_into_one_message,
 );
 
 mod two_processes {
@@ -1014,4 +1015,71 @@ async fn flapping_reopens_where_the_chain_stood_and_ack_times_out(backend: Backe
         ],
         "{full:#}"
     );
+}
+
+/// The captured Alertmanager notification as another group with another severity.
+fn alertmanager_group(key: &str, severity: &str) -> Vec<u8> {
+    let mut body: Value =
+        serde_json::from_slice(&fixture("alertmanager/captured-1-firing-2alerts.json")).unwrap();
+    body["groupKey"] = json!(key);
+    body["commonLabels"]["severity"] = json!(severity);
+    body["commonAnnotations"]["summary"] = json!(format!("{key} is {severity}"));
+    for alert in body["alerts"].as_array_mut().unwrap() {
+        alert["labels"]["severity"] = json!(severity);
+    }
+    serde_json::to_vec(&body).unwrap()
+}
+
+async fn digest_batches_low_severity_into_one_message(backend: Backend) {
+    let server = Server::start(backend, "").await;
+    let admin = server.admin_token();
+    let (_, robot) = alert_robot(&server, &admin, "alertmanager", &[]).await;
+    let (status, patched) = server
+        .call(
+            reqwest::Method::PATCH,
+            &admin,
+            &format!("/api/v1/robots/{}", robot["id"].as_str().unwrap()),
+            Some(json!({"digest": {"severities": ["warning", "info"], "interval_seconds": 2}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    let url = robot["webhook_url"].as_str().unwrap();
+    for (key, severity) in [
+        ("g1", "warning"),
+        ("g2", "info"),
+        ("g3", "warning"),
+        ("g4", "critical"),
+    ] {
+        let (status, _) = post_json(&server, url, alertmanager_group(key, severity)).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    // Incidents open for all four; only the critical one posts its card at once.
+    assert_eq!(incidents(&server, &admin, "").await.len(), 4);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let digest = loop {
+        let events = server.sync_all(&admin, 0).await;
+        let posted: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["type"] == "message.created")
+            .collect();
+        if let Some(d) = posted
+            .iter()
+            .find(|e| e["message"]["msgtype"] == "markdown")
+        {
+            assert_eq!(
+                posted.len(),
+                2,
+                "the critical card and one digest: {posted:#?}"
+            );
+            break (*d).clone();
+        }
+        assert!(Instant::now() < deadline, "no digest: {events:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let text = digest["message"]["markdown"]["text"].as_str().unwrap();
+    assert!(text.starts_with("**3 alert events**"), "{text}");
+    for key in ["g1", "g2", "g3"] {
+        assert!(text.contains(&format!("{key} is ")), "{text}");
+    }
+    assert!(!text.contains("g4"), "{text}");
 }
