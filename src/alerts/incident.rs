@@ -109,6 +109,42 @@ impl Signal {
     }
 }
 
+/// A custom robot marked alerting names its alert with herald's extension fields beside the
+/// DingTalk message: `incident_key` (required), `incident_status` (`firing`, default;
+/// `resolved`; `acknowledged`) and `severity`. None when the body has no key.
+pub fn custom_event(body: &[u8], content: &Content) -> Option<Normalized> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let key = v.get("incident_key")?.as_str()?.trim();
+    if key.is_empty() || key.len() > 256 {
+        return None;
+    }
+    let event = match v.get("incident_status").and_then(|s| s.as_str()) {
+        Some("resolved") => "alert.resolved",
+        Some("acknowledged") => "incident.acknowledge",
+        _ => "alert.firing",
+    };
+    let title = content.plain_text();
+    let title = title
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or(key);
+    Some(Normalized {
+        event: event.into(),
+        fields: serde_json::json!({ "summary": title }),
+        incident_key: Some(key.to_string()),
+        object_key: Some(key.to_string()),
+        facts: crate::adapt::Facts {
+            severity: v
+                .get("severity")
+                .and_then(|s| s.as_str())
+                .map(str::to_string),
+            ..crate::adapt::Facts::default()
+        },
+        ..Normalized::default()
+    })
+}
+
 /// Applies an alert robot's event to the incident of its key and returns the incident, or
 /// None when the event is not about one (not an alerting robot, no key, no signal).
 pub async fn observe(

@@ -24,6 +24,7 @@ on_both_backends!(
     rotation_hands_off_across_dst_and_is_escalated_to,
     flapping_reopens_where_the_chain_stood_and_ack_times_out,
     digest_batches_low_severity_into_one_message,
+    custom_robot_marked_alerting_keys_incidents,
 );
 
 mod two_processes {
@@ -1082,4 +1083,42 @@ async fn digest_batches_low_severity_into_one_message(backend: Backend) {
         assert!(text.contains(&format!("{key} is ")), "{text}");
     }
     assert!(!text.contains("g4"), "{text}");
+}
+
+async fn custom_robot_marked_alerting_keys_incidents(backend: Backend) {
+    let server = Server::start(backend, "").await;
+    let admin = server.admin_token();
+    let group = server.create_group(&admin, "ops", &[]).await;
+    let mut urls = Vec::new();
+    for alerting in [true, false] {
+        let (status, robot) = server
+            .post(&admin, "/api/v1/robots", json!({"kind": "custom", "name": "cron", "conversation_id": group, "alerting": alerting}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{robot}");
+        urls.push(robot["webhook_url"].as_str().unwrap().to_string());
+    }
+    let send = |url: String, body: Value| {
+        let server = &server;
+        async move {
+            let (status, reply) = post_json(server, &url, serde_json::to_vec(&body).unwrap()).await;
+            assert_eq!(
+                (status, reply["errcode"].as_i64()),
+                (StatusCode::OK, Some(0)),
+                "{reply}"
+            );
+        }
+    };
+    let firing = json!({"msgtype": "text", "text": {"content": "Backup failed\nexit 2"}, "incident_key": "backup", "severity": "critical"});
+    send(urls[0].clone(), firing.clone()).await;
+    send(urls[1].clone(), firing.clone()).await; // not alerting: just a message
+    let open = incidents(&server, &admin, "").await;
+    assert_eq!(open.len(), 1, "{open:#?}");
+    assert_eq!(
+        (open[0]["key"].as_str(), open[0]["title"].as_str()),
+        (Some("backup"), Some("Backup failed"))
+    );
+    assert_eq!(open[0]["severity"], "critical");
+    send(urls[0].clone(), json!({"msgtype": "text", "text": {"content": "Backup ok"}, "incident_key": "backup", "incident_status": "resolved"})).await;
+    let id = open[0]["id"].as_str().unwrap();
+    wait_state(&server, &admin, id, "resolved").await;
 }
