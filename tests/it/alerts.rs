@@ -583,6 +583,7 @@ async fn dings_reach_recipients_and_record_confirmations(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::OK, "{set}");
     let secret = set["secret"].as_str().unwrap().to_string();
+    let mut live = crate::harness::Sse::connect(&server, &users[1].1, None).await;
     let (status, created) = server
         .post(
             &users[0].1,
@@ -592,6 +593,17 @@ async fn dings_reach_recipients_and_record_confirmations(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let id = created["id"].as_str().unwrap().to_string();
+    // Live connections get it as it is written, as an SSE event of type `ding`.
+    let frame = loop {
+        let frame = live
+            .next(Duration::from_secs(20))
+            .await
+            .expect("a live DING");
+        if frame.event == "ding" {
+            break frame;
+        }
+    };
+    assert_eq!(frame.data["ding"]["id"], id.as_str());
     let got = wait_dings(&server, &users[1].1, 1, Duration::from_secs(20)).await;
     assert_eq!(got[0]["ding"]["id"], id.as_str());
     assert_eq!(got[0]["ding"]["text"], "call me now");
