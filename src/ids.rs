@@ -64,7 +64,11 @@ id_type!(
     EventId,
     RobotId,
     BotId,
-    DeliveryId
+    DeliveryId,
+    IncidentId,
+    PolicyId,
+    DingId,
+    RotationId
 );
 
 /// Generates time-ordered, process-unique 63-bit ids: milliseconds since 2024 in the high bits,

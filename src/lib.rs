@@ -13,6 +13,9 @@
 //! 5. **sync** (`sync`): `/sync`, SSE and WebSocket read the inbox after the client's cursor,
 //!    so a reconnect with the last pts gets exactly what it missed.
 //!
+//! Alerts (`alerts`) hang off ingress: an alert robot's event opens or updates an incident;
+//! a durable timer escalates it to DINGs, which reach their recipients through fanout.
+//!
 //! Outgoing bots (`outgoing`) hang off fanout: the transaction that writes an event also
 //! queues a delivery for every bot that hears it; `outgoing::worker` signs and sends them.
 //!
@@ -21,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod adapt;
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod clock;
@@ -65,6 +69,8 @@ pub struct Shared {
     pub robot_stats: ingress::stats::Counters,
     /// Wakes the burst flusher when a burst starts.
     pub burst_bell: tokio::sync::Notify,
+    /// Alerts: escalation and provider wake-ups, the card-button key.
+    pub alerts: alerts::Alerts,
     /// Cancelled on shutdown: live streams end so the server can drain.
     pub shutdown: CancellationToken,
 }
@@ -98,6 +104,7 @@ impl AppState {
                     .expect("outgoing client from a validated config"),
             ),
             robot_limiter: ratelimit::RobotLimiter::default(),
+            alerts: alerts::Alerts::new(signing_key),
             robot_stats: ingress::stats::Counters::default(),
             burst_bell: tokio::sync::Notify::new(),
             hub: Arc::new(hub::Hub::default()),
@@ -147,6 +154,7 @@ pub async fn run(
         app.clone(),
         shutdown.clone(),
     )));
+    workers.extend(alerts::spawn(app.clone(), shutdown.clone()));
     let router = api::router(app.clone());
     let router = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, router)

@@ -400,6 +400,9 @@ pub enum EventKind {
     MemberLeft,
     #[serde(rename = "conversation.created")]
     ConversationCreated,
+    /// An urgent reminder to specific users (see `alerts::ding`); not about a conversation.
+    #[serde(rename = "ding")]
+    Ding,
 }
 
 impl EventKind {
@@ -411,6 +414,7 @@ impl EventKind {
             EventKind::MemberJoined => 4,
             EventKind::MemberLeft => 5,
             EventKind::ConversationCreated => 6,
+            EventKind::Ding => 7,
         }
     }
     pub fn from_code(code: i64) -> Option<EventKind> {
@@ -421,6 +425,7 @@ impl EventKind {
             4 => EventKind::MemberJoined,
             5 => EventKind::MemberLeft,
             6 => EventKind::ConversationCreated,
+            7 => EventKind::Ding,
             _ => return None,
         })
     }
@@ -432,6 +437,7 @@ impl EventKind {
             EventKind::MemberJoined => "member.joined",
             EventKind::MemberLeft => "member.left",
             EventKind::ConversationCreated => "conversation.created",
+            EventKind::Ding => "ding",
         }
     }
     /// Whether the event points at a message (else at a conversation event record).

@@ -121,6 +121,9 @@ pub struct RobotSpec {
     pub alerting: bool,
     #[serde(default)]
     pub escalation_policy_id: Option<String>,
+    /// Batch alert events of these severities into one message per interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
     #[serde(default)]
     pub plugin_id: Option<String>,
     /// Per-robot settings handed to a plugin.
@@ -148,9 +151,26 @@ impl Default for RobotSpec {
             burst_seconds: 0,
             alerting: false,
             escalation_policy_id: None,
+            digest: None,
             plugin_id: None,
             config: BTreeMap::new(),
         }
+    }
+}
+
+/// Digest mode: alert events of the listed severities are collected and posted as one message
+/// every `interval_seconds` instead of one card each (noise control for low severities).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Digest {
+    pub severities: Vec<String>,
+    pub interval_seconds: u64,
+}
+
+impl Digest {
+    /// Whether an event of this severity goes into the digest.
+    pub fn covers(&self, severity: Option<&str>) -> bool {
+        severity.is_some_and(|s| self.severities.iter().any(|d| d.eq_ignore_ascii_case(s)))
     }
 }
 

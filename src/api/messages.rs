@@ -130,7 +130,8 @@ pub(crate) async fn post_message(
     }
     let now = clock::now_ms();
     app.limiter.check(id, conversation.member_count, now)?;
-    let at = resolve_mentions(&app, id, body.at.unwrap_or_default()).await?;
+    let raw_at = body.at.unwrap_or_default();
+    let at = resolve_mentions(&app, id, raw_at.clone()).await?;
     let message = Message {
         id: MessageId(app.ids.next()),
         org_id: caller.org(),
@@ -150,6 +151,10 @@ pub(crate) async fn post_message(
     let (status, id, duplicate) = match app.store.enqueue_message(&message).await? {
         Enqueued::New(id) => {
             app.lanes.poke(message.conversation_id);
+            // "ack" / "resolve" replies to an alert; the message is posted either way.
+            if let Err(e) = crate::alerts::reply::observe(&app, &caller, &message, &raw_at).await {
+                tracing::warn!(message.id = %id, error = %e, "acting on an alert reply failed");
+            }
             (StatusCode::CREATED, id, false)
         }
         Enqueued::Duplicate(id) => (StatusCode::OK, id, true),

@@ -3,10 +3,14 @@
 
 mod bots;
 mod conversations;
+mod dings;
 mod docs;
+mod escalation;
+mod incidents;
 mod live;
 mod messages;
 mod robots;
+mod rotations;
 mod users;
 
 use axum::extract::DefaultBodyLimit;
@@ -27,11 +31,16 @@ pub fn router(app: AppState) -> Router {
         .merge(bots::router())
         .merge(live::router())
         .merge(robots::router())
+        .merge(incidents::router())
+        .merge(escalation::router())
+        .merge(dings::router())
+        .merge(rotations::router())
         .merge(docs::router());
     Router::new()
         .route("/healthz", get(healthz))
         .nest("/api/v1", api)
         .merge(crate::ingress::router())
+        .merge(incidents::card_router())
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(app.config.http.max_body_bytes))

@@ -47,6 +47,7 @@ pub(crate) struct CreateRobot {
     burst_seconds: Option<u32>,
     alerting: Option<bool>,
     escalation_policy_id: Option<String>,
+    digest: Option<robot::Digest>,
     plugin_id: Option<String>,
     config: Option<std::collections::BTreeMap<String, String>>,
 }
@@ -112,6 +113,13 @@ fn validate(spec: &RobotSpec) -> Result<(), ApiError> {
     if spec.burst_seconds > 3600 {
         return Err(ApiError::bad_request("burst_seconds must be 0 to 3600"));
     }
+    if let Some(d) = &spec.digest {
+        if d.interval_seconds == 0 || d.interval_seconds > 86_400 || d.severities.is_empty() {
+            return Err(ApiError::bad_request(
+                "digest needs severities and an interval_seconds of 1 to 86400",
+            ));
+        }
+    }
     if spec.rate_per_minute == 0 || spec.rate_per_minute > 6_000_000 {
         return Err(ApiError::bad_request(
             "rate_per_minute must be 1 to 6000000",
@@ -124,6 +132,31 @@ fn validate(spec: &RobotSpec) -> Result<(), ApiError> {
     }
     crate::filter::Filters::parse(&spec.filters).map_err(ApiError::BadRequest)?;
     Ok(())
+}
+
+/// A named escalation policy must exist in the org ("" detaches).
+async fn check_policy(
+    app: &AppState,
+    org: crate::ids::OrgId,
+    spec: &RobotSpec,
+) -> Result<(), ApiError> {
+    let Some(id) = spec
+        .escalation_policy_id
+        .as_deref()
+        .filter(|s| !s.is_empty())
+    else {
+        return Ok(());
+    };
+    let id = id
+        .parse::<crate::ids::PolicyId>()
+        .map_err(|_| ApiError::bad_request(format!("unknown escalation_policy_id {id:?}")))?;
+    match app.store.get_policy(org, id).await {
+        Ok(_) => Ok(()),
+        Err(crate::store::StoreError::NotFound(_)) => Err(ApiError::bad_request(format!(
+            "unknown escalation_policy_id \"{id}\""
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The secret a new robot gets: DingTalk's `SEC…` for signed custom robots, a random one for
@@ -175,10 +208,12 @@ pub(crate) async fn create_robot(
         burst_seconds: body.burst_seconds.unwrap_or_default(),
         alerting: body.alerting.unwrap_or(body.kind.is_alerting()),
         escalation_policy_id: body.escalation_policy_id,
+        digest: body.digest,
         plugin_id: body.plugin_id,
         config: body.config.unwrap_or_default(),
     };
     validate(&spec)?;
+    check_policy(&app, caller.org(), &spec).await?;
     let secret = initial_secret(body.kind, spec.security.sign, body.secret)?;
     let robot = app
         .store
@@ -260,6 +295,7 @@ pub(crate) struct PatchRobot {
     burst_seconds: Option<u32>,
     alerting: Option<bool>,
     escalation_policy_id: Option<String>,
+    digest: Option<robot::Digest>,
     plugin_id: Option<String>,
     config: Option<std::collections::BTreeMap<String, String>>,
 }
@@ -301,6 +337,10 @@ pub(crate) async fn update_robot(
         alerting,
         config
     );
+    if let Some(digest) = patch.digest {
+        // An interval of 0 turns digest mode off.
+        spec.digest = Some(digest).filter(|d| d.interval_seconds > 0);
+    }
     if patch.escalation_policy_id.is_some() {
         spec.escalation_policy_id = patch.escalation_policy_id;
     }
@@ -308,6 +348,7 @@ pub(crate) async fn update_robot(
         spec.plugin_id = patch.plugin_id;
     }
     validate(&robot.spec)?;
+    check_policy(&app, caller.org(), &robot.spec).await?;
     if let Some(secret) = patch.secret {
         robot.secret = initial_secret(robot.kind, robot.spec.security.sign, Some(secret))?;
     } else if robot.kind == RobotKind::Custom && robot.spec.security.sign && robot.secret.is_none()

@@ -110,10 +110,14 @@ pub async fn send(
             "invalid HTTP header Content-Type, expected application/json",
         );
     }
-    let outgoing = match parse(&verified.body) {
+    let mut outgoing = match parse(&verified.body) {
         Ok(o) => o,
         Err(msg) => return reply(codes::INVALID_PARAM, msg),
     };
+    if let Err(e) = alert(&app, &verified, &mut outgoing).await {
+        tracing::error!(robot.id = %robot_id, error = %e, "opening the incident failed");
+        return reply(codes::SYSTEM_BUSY, "system busy");
+    }
     match post(&app, &verified.robot, outgoing).await {
         Ok(_) => reply(codes::OK, "ok"),
         Err(e) => {
@@ -121,6 +125,28 @@ pub async fn send(
             post_error_reply(e)
         }
     }
+}
+
+/// A custom robot marked alerting: the body's `incident_key` opens or updates an incident, and
+/// the message becomes its card (status line and buttons).
+async fn alert(
+    app: &AppState,
+    raw: &RawWebhook<super::Verified>,
+    outgoing: &mut Outgoing,
+) -> Result<(), crate::error::ApiError> {
+    if !raw.robot.spec.alerting {
+        return Ok(());
+    }
+    let Some(event) = crate::alerts::incident::custom_event(&raw.body, &outgoing.content) else {
+        return Ok(());
+    };
+    let incident =
+        crate::alerts::incident::observe(app, &raw.robot, &event, Some(&outgoing.content)).await?;
+    if let Some(incident) = incident {
+        outgoing.content = crate::alerts::card::decorate(app, &outgoing.content, &incident);
+        outgoing.thread_key = event.object_key;
+    }
+    Ok(())
 }
 
 /// Maps a refused post to DingTalk's code for it.

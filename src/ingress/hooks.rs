@@ -127,15 +127,24 @@ async fn render_and_post(
         )
         .map_err(|e| ApiError::Internal(e.into()))?,
     };
-    let Some(content) = content else {
-        return Ok(false);
-    };
     let delivery = event.dedupe_key.as_deref();
     if super::post::already_posted(app, robot, delivery).await?
         || super::burst::holds(app, robot, delivery).await?
     {
         return Ok(false); // a redelivery: answered 2xx, counted, posted once only
     }
+    let incident = crate::alerts::incident::observe(app, robot, &event, content.as_ref()).await?;
+    if crate::alerts::digest::applies(robot, &event) {
+        crate::alerts::digest::add(app, robot, &event).await?;
+        return Ok(true); // batched: the robot's next digest lists it
+    }
+    let content = match (content, &incident) {
+        (Some(c), Some(incident)) => Some(crate::alerts::card::decorate(app, &c, incident)),
+        (content, _) => content,
+    };
+    let Some(content) = content else {
+        return Ok(false);
+    };
     map_mentions(app, robot, &mut event).await?;
     group_and_post(app, robot, &event, content).await?;
     if let (Some(key), Some(fields)) = (&event.object_key, kept) {

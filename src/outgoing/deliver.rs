@@ -94,7 +94,7 @@ pub async fn deliver(out: &Outgoing, bot: &Bot, d: &ClaimedDelivery) -> Attempte
 }
 
 /// reqwest skips the resolver for an IP literal, so such URLs are checked here.
-fn check_literal_ip(out: &Outgoing, url: &str) -> Result<(), String> {
+pub(crate) fn check_literal_ip(out: &Outgoing, url: &str) -> Result<(), String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("bad callback URL: {e}"))?;
     let host = parsed.host_str().unwrap_or_default();
     let host = host.trim_matches(|c| c == '[' || c == ']');

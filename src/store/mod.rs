@@ -5,6 +5,7 @@
 //! The store is the truth of herald: the durable task queue, the messages, and every
 //! member's inbox with its pts counter. Nothing here talks HTTP or wakes connections.
 
+mod alerts;
 mod bots;
 mod bursts;
 mod postgres;
@@ -25,6 +26,7 @@ use crate::model::{
     User,
 };
 
+pub use alerts::*;
 pub use bots::*;
 pub use bursts::{BurstEvent, BurstStore, DueBurst};
 pub use postgres::PgStore;
@@ -206,12 +208,18 @@ pub struct Page<T> {
 /// herald's storage: one narrow trait per area, each implemented by both backends.
 /// Add an area by adding its trait to this list.
 pub trait Store:
-    CoreStore + BotStore + DeliveryStore + RobotStore + RobotStateStore + BurstStore
+    CoreStore + BotStore + DeliveryStore + RobotStore + RobotStateStore + BurstStore + AlertStore
 {
 }
 
 impl<T> Store for T where
-    T: CoreStore + BotStore + DeliveryStore + RobotStore + RobotStateStore + BurstStore
+    T: CoreStore
+        + BotStore
+        + DeliveryStore
+        + RobotStore
+        + RobotStateStore
+        + BurstStore
+        + AlertStore
 {
 }
 

@@ -184,7 +184,7 @@ macro_rules! shared_store_impl {
             }
 
             /// Queues a task; returns its id (task ids order a conversation's events).
-            async fn enqueue_tx(
+            pub(super) async fn enqueue_tx(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 task: &Task,
                 now: i64,
@@ -968,7 +968,7 @@ macro_rules! shared_store_impl {
                      e.details \
                      FROM inbox i \
                      LEFT JOIN messages m ON i.kind IN (1, 2, 3) AND m.id = i.ref_id \
-                     LEFT JOIN conv_events e ON i.kind IN (4, 5, 6) AND e.id = i.ref_id \
+                     LEFT JOIN conv_events e ON i.kind IN (4, 5, 6, 7) AND e.id = i.ref_id \
                      WHERE i.user_id = $1 AND i.pts > $2 ORDER BY i.pts LIMIT $3",
                 )
                 .bind(user.0)

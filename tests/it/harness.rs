@@ -115,6 +115,28 @@ impl Server {
         server
     }
 
+    /// A second herald process on the same PostgreSQL database (its own data dir and port).
+    pub async fn start_peer(&self) -> Server {
+        assert!(
+            self.database_url.is_some(),
+            "peers share a PostgreSQL database"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("herald.toml");
+        std::fs::copy(&self.config_path, &config_path).expect("copy config");
+        let mut peer = Server {
+            base: String::new(),
+            http: self.http.clone(),
+            child: None,
+            dir,
+            database_url: self.database_url.clone(),
+            config_path,
+        };
+        peer.spawn();
+        peer.wait_healthy().await;
+        peer
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
         cmd.args(args)

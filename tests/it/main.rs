@@ -8,6 +8,8 @@ mod hook_filters;
 mod hooks;
 mod pagerduty;
 
+mod alertmanager;
+mod alerts;
 mod big_group;
 mod bots;
 mod bursts;

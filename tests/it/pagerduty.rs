@@ -61,7 +61,15 @@ async fn incident_card_keeps_its_summary(backend: Backend) {
     let updates: Vec<&Value> = events
         .iter()
         .filter(|e| e["type"] == "message.updated")
-        .map(|e| &e["message"]["markdown"])
+        .map(|e| {
+            // An alert card becomes an action card once it carries ack/resolve buttons.
+            let m = &e["message"];
+            if m["actionCard"].is_object() {
+                &m["actionCard"]
+            } else {
+                &m["markdown"]
+            }
+        })
         .collect();
     assert_eq!(updates.len(), 2, "{events:#?}");
     for card in &updates {

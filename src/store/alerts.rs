@@ -1,0 +1,1332 @@
+//! Storage of escalation policies, incidents with their timelines, the durable escalation
+//! timers, DINGs and the notification outbox. Every state change is one transaction that also
+//! sets the incident's single pending timer, so a timer that fires (deleting its row in the
+//! transaction that writes its effects) fires exactly once, even with several processes.
+//! Both backends run the same statements, expanded by `alert_store_impl!`; only the timer
+//! claim's row locking differs (`FOR UPDATE SKIP LOCKED` on PostgreSQL, a lease on SQLite).
+
+use async_trait::async_trait;
+use sqlx::Row;
+
+use super::{ids_json, MessageRecord, PgStore, Result, SqliteStore, StoreError, Task};
+use crate::alerts::incident::{Incident, State, TimelineEntry};
+use crate::alerts::policy::{Channel, Policy, PolicySpec};
+use crate::alerts::rotation::{Rotation, RotationSpec};
+use crate::clock;
+use crate::ids::{
+    ConversationId, DingId, IncidentId, OrgId, PolicyId, RobotId, RotationId, UserId,
+};
+use crate::model::{Content, EventKind, Sender, SenderKind};
+
+/// An alert robot's fire, to apply to the incident of its key.
+#[derive(Debug, Clone)]
+pub struct Firing {
+    pub org: OrgId,
+    pub robot: RobotId,
+    pub conversation: ConversationId,
+    pub key: String,
+    pub title: String,
+    pub severity: Option<String>,
+    pub labels: Vec<String>,
+    pub policy: Option<(PolicyId, PolicySpec)>,
+    pub card: Option<Content>,
+    pub actor: String,
+    pub now_ms: i64,
+}
+
+/// What a fire did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FireOutcome {
+    /// A new incident, its chain started.
+    Opened,
+    /// A recently resolved incident fired again (flapping): re-opened where its chain stood.
+    Reopened,
+    /// The open incident fired again: counted, nothing restarted.
+    Repeat,
+}
+
+/// Names an incident by id (API) or by its sender's key (the open incident of that key).
+#[derive(Debug, Clone)]
+pub enum IncidentRef {
+    Id(IncidentId),
+    Key { robot: RobotId, key: String },
+}
+
+/// A state change someone asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Ack,
+    Resolve,
+    Silence { until_ms: i64 },
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Ack => "acknowledged",
+            Action::Resolve => "resolved",
+            Action::Silence { .. } => "silenced",
+        }
+    }
+}
+
+/// A state change with who asked, through which channel, and the acknowledgement timeout.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    pub org: OrgId,
+    pub incident: IncidentRef,
+    pub action: Action,
+    pub ack_timeout_ms: Option<i64>,
+    pub actor: String,
+    pub channel: String,
+    pub now_ms: i64,
+}
+
+/// What an incident's pending timer does when due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerKind {
+    /// Fire escalation step `step` of pass `round`.
+    Step,
+    /// An acknowledgement expired: resume escalation if still unresolved.
+    AckTimeout,
+    /// A silence ended.
+    Unsilence,
+}
+
+impl TimerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimerKind::Step => "step",
+            TimerKind::AckTimeout => "ack_timeout",
+            TimerKind::Unsilence => "unsilence",
+        }
+    }
+
+    fn parse(s: &str) -> Option<TimerKind> {
+        Some(match s {
+            "step" => TimerKind::Step,
+            "ack_timeout" => TimerKind::AckTimeout,
+            "unsilence" => TimerKind::Unsilence,
+            _ => return None,
+        })
+    }
+}
+
+/// A claimed timer. Its fields identify the row exactly: a changed timer is not this one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timer {
+    pub incident_id: IncidentId,
+    pub kind: TimerKind,
+    pub step: u32,
+    pub round: u32,
+    pub due_at_ms: i64,
+}
+
+/// The incident's next timer.
+#[derive(Debug, Clone)]
+pub struct NextTimer {
+    pub kind: TimerKind,
+    pub step: u32,
+    pub round: u32,
+    pub due_at_ms: i64,
+}
+
+/// One timeline line to write.
+#[derive(Debug, Clone)]
+pub struct NewTimelineEntry {
+    pub action: String,
+    pub actor: String,
+    pub channel: String,
+    pub details: serde_json::Value,
+}
+
+/// Everything a due timer writes, in the transaction that deletes it.
+#[derive(Debug, Clone, Default)]
+pub struct Effects {
+    pub state: Option<State>,
+    pub step: u32,
+    pub round: u32,
+    pub next: Option<NextTimer>,
+    pub dings: Vec<NewDing>,
+    pub messages: Vec<MessageRecord>,
+    pub timeline: Vec<NewTimelineEntry>,
+}
+
+/// A DING to send.
+#[derive(Debug, Clone)]
+pub struct NewDing {
+    pub org: OrgId,
+    pub sender: Sender,
+    pub text: String,
+    pub channel: Channel,
+    pub incident: Option<IncidentId>,
+    pub recipients: Vec<UserId>,
+    pub now_ms: i64,
+}
+
+/// A DING as stored, with who has confirmed it.
+#[derive(Debug, Clone)]
+pub struct Ding {
+    pub id: DingId,
+    pub org_id: OrgId,
+    pub sender: Sender,
+    pub text: String,
+    pub channel: Channel,
+    pub incident_id: Option<IncidentId>,
+    pub created_at_ms: i64,
+    /// Each recipient and when they confirmed.
+    pub recipients: Vec<(UserId, Option<i64>)>,
+}
+
+/// An org's SMS/voice gateway.
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    pub url: String,
+    pub secret: String,
+}
+
+/// One SMS or call to ask the provider for.
+#[derive(Debug, Clone)]
+pub struct OutboxItem {
+    pub id: i64,
+    pub org_id: OrgId,
+    pub ding_id: DingId,
+    pub user_id: UserId,
+    pub channel: Channel,
+    pub attempts: i64,
+    pub mobile: Option<String>,
+    pub text: String,
+    pub incident_id: Option<IncidentId>,
+    pub notifier: Option<Notifier>,
+}
+
+/// One line for a robot's digest.
+#[derive(Debug, Clone)]
+pub struct DigestLine {
+    pub org: OrgId,
+    pub robot: RobotId,
+    pub robot_name: String,
+    pub conversation: ConversationId,
+    pub line: String,
+    pub due_at_ms: i64,
+    pub now_ms: i64,
+}
+
+/// A robot whose digest is due.
+#[derive(Debug, Clone)]
+pub struct DueDigest {
+    pub robot: RobotId,
+    pub org: OrgId,
+    pub conversation: ConversationId,
+    pub robot_name: String,
+    pub due_at_ms: i64,
+}
+
+/// `GET /incidents` filters.
+#[derive(Debug, Clone, Default)]
+pub struct IncidentFilter {
+    pub state: Option<State>,
+    pub robot: Option<RobotId>,
+    /// `key=value`, matched against the incident's labels.
+    pub label: Option<String>,
+}
+
+#[async_trait]
+pub trait AlertStore: Send + Sync {
+    async fn create_policy(&self, org: OrgId, name: &str, spec: &PolicySpec) -> Result<Policy>;
+    async fn get_policy(&self, org: OrgId, id: PolicyId) -> Result<Policy>;
+    async fn list_policies(
+        &self,
+        org: OrgId,
+        after: Option<PolicyId>,
+        limit: i64,
+    ) -> Result<Vec<Policy>>;
+    async fn save_policy(&self, policy: &Policy) -> Result<()>;
+    async fn delete_policy(&self, org: OrgId, id: PolicyId) -> Result<()>;
+
+    /// Opens, re-opens or counts the incident of the fire's key; starts the chain when opened.
+    async fn fire_incident(&self, firing: &Firing) -> Result<(Incident, FireOutcome)>;
+    /// Applies an ack/resolve/silence and replaces the pending timer. None: no such (open)
+    /// incident; the bool says whether anything changed.
+    async fn transition_incident(&self, t: &Transition) -> Result<Option<(Incident, bool)>>;
+    async fn get_incident(&self, org: OrgId, id: IncidentId) -> Result<Incident>;
+    /// The incident in whatever org (for the timer, which acts for its org).
+    async fn get_incident_any(&self, id: IncidentId) -> Result<Incident>;
+    async fn open_incident(&self, robot: RobotId, key: &str) -> Result<Option<Incident>>;
+    /// Newest first; `after` is the last id of the previous page.
+    async fn list_incidents(
+        &self,
+        org: OrgId,
+        filter: &IncidentFilter,
+        after: Option<IncidentId>,
+        limit: i64,
+    ) -> Result<Vec<Incident>>;
+    async fn timeline(&self, incident: IncidentId) -> Result<Vec<TimelineEntry>>;
+    async fn add_timeline(&self, incident: IncidentId, entry: &NewTimelineEntry) -> Result<()>;
+
+    /// Leases up to `limit` due timers for `lease_ms`.
+    async fn claim_timers(&self, now_ms: i64, lease_ms: i64, limit: i64) -> Result<Vec<Timer>>;
+    /// When the earliest unleased timer is due.
+    async fn next_timer_due(&self, now_ms: i64) -> Result<Option<i64>>;
+    /// Deletes the timer and writes its effects in one transaction; false if the timer was
+    /// already fired or replaced (by another process, an ack, a resolve).
+    async fn fire_timer(&self, timer: &Timer, effects: &Effects) -> Result<bool>;
+    async fn pending_timers(&self) -> Result<i64>;
+
+    /// Writes a DING and queues its `ding` event (and SMS/voice requests). Returns its id and
+    /// the recipients that exist and are active.
+    async fn create_ding(&self, ding: &NewDing) -> Result<(DingId, Vec<UserId>)>;
+    async fn get_ding(&self, org: OrgId, id: DingId) -> Result<Ding>;
+    /// Records the recipient's confirmation (once); NotFound if they are not a recipient.
+    async fn confirm_ding(&self, org: OrgId, id: DingId, user: UserId) -> Result<Ding>;
+    /// Everyone a DING about the incident reached.
+    async fn dinged_users(&self, incident: IncidentId) -> Result<Vec<UserId>>;
+
+    async fn create_rotation(
+        &self,
+        org: OrgId,
+        name: &str,
+        spec: &RotationSpec,
+    ) -> Result<Rotation>;
+    async fn get_rotation(&self, org: OrgId, id: RotationId) -> Result<Rotation>;
+    async fn list_rotations(
+        &self,
+        org: OrgId,
+        after: Option<RotationId>,
+        limit: i64,
+    ) -> Result<Vec<Rotation>>;
+    async fn save_rotation(&self, rotation: &Rotation) -> Result<()>;
+    async fn delete_rotation(&self, org: OrgId, id: RotationId) -> Result<()>;
+
+    /// Adds a line to the robot's digest; the first line of a batch sets its due time.
+    async fn add_digest_line(&self, item: &DigestLine) -> Result<()>;
+    /// Leases robots whose digest is due.
+    async fn claim_digests(&self, now_ms: i64, lease_ms: i64, limit: i64)
+        -> Result<Vec<DueDigest>>;
+    /// Removes the due digest and its lines and queues `message` built from them (by `build`),
+    /// in one transaction; false if another process posted it first.
+    async fn post_digest(
+        &self,
+        due: &DueDigest,
+        build: &(dyn for<'a> Fn(&'a [String]) -> MessageRecord + Send + Sync),
+    ) -> Result<bool>;
+
+    async fn set_notifier(&self, org: OrgId, notifier: &Notifier) -> Result<()>;
+    async fn get_notifier(&self, org: OrgId) -> Result<Option<Notifier>>;
+    async fn claim_notifications(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxItem>>;
+    /// Marks an outbox row sent (`retry_at` None and no error), or schedules a retry.
+    async fn finish_notification(
+        &self,
+        id: i64,
+        error: Option<&str>,
+        retry_at_ms: Option<i64>,
+    ) -> Result<()>;
+}
+
+const INCIDENT_COLUMNS: &str =
+    "id, org_id, robot_id, conversation_id, incident_key, state, title, \
+     severity, labels, policy_id, step, round, fire_count, card, silenced_until, created_at, \
+     updated_at, resolved_at";
+
+fn card_json(card: &Option<Content>) -> Option<String> {
+    card.as_ref()
+        .map(|c| serde_json::json!({"msgtype": c.msgtype(), "body": c.body_json()}).to_string())
+}
+
+fn card_from_json(text: Option<&str>) -> Option<Content> {
+    let v: serde_json::Value = serde_json::from_str(text?).ok()?;
+    Content::from_parts(v.get("msgtype")?.as_str()?, v.get("body")?.clone()).ok()
+}
+
+/// The `ding` event's details: what a client shows and where it confirms.
+fn ding_details(id: i64, d: &NewDing) -> serde_json::Value {
+    serde_json::json!({"ding": {
+        "id": id.to_string(),
+        "text": d.text,
+        "channel": d.channel.as_str(),
+        "priority": "high",
+        "sender": {"id": d.sender.id, "kind": d.sender.kind.as_str(), "name": d.sender.name},
+        "incident_id": d.incident.map(|i| i.to_string()),
+        "confirm_path": format!("/api/v1/dings/{id}/confirm"),
+    }})
+}
+
+/// Expands `AlertStore` for a backend: its type, its database, the claim's lock clause and
+/// its "labels contain $5" condition.
+macro_rules! alert_store_impl {
+    ($store:ty, $db:ty, $lock:literal, $contains:literal) => {
+        impl $store {
+            fn incident_from_row(row: &<$db as sqlx::Database>::Row) -> Result<Incident> {
+                let state: &str = row.try_get("state")?;
+                let labels: &str = row.try_get("labels")?;
+                Ok(Incident {
+                    id: IncidentId(row.try_get("id")?),
+                    org_id: OrgId(row.try_get("org_id")?),
+                    robot_id: RobotId(row.try_get("robot_id")?),
+                    conversation_id: ConversationId(row.try_get("conversation_id")?),
+                    key: row.try_get("incident_key")?,
+                    state: State::parse(state)
+                        .ok_or_else(|| anyhow::anyhow!("stored incident state {state:?}"))?,
+                    title: row.try_get("title")?,
+                    severity: row.try_get("severity")?,
+                    labels: serde_json::from_str(labels).unwrap_or_default(),
+                    policy_id: row.try_get::<Option<i64>, _>("policy_id")?.map(PolicyId),
+                    step: row.try_get::<i64, _>("step")? as u32,
+                    round: row.try_get::<i64, _>("round")? as u32,
+                    fire_count: row.try_get("fire_count")?,
+                    card: card_from_json(row.try_get::<Option<&str>, _>("card")?),
+                    silenced_until_ms: row.try_get("silenced_until")?,
+                    created_at_ms: row.try_get("created_at")?,
+                    updated_at_ms: row.try_get("updated_at")?,
+                    resolved_at_ms: row.try_get("resolved_at")?,
+                })
+            }
+
+            fn rotation_from_row(row: &<$db as sqlx::Database>::Row) -> Result<Rotation> {
+                let spec: &str = row.try_get("spec")?;
+                Ok(Rotation {
+                    id: RotationId(row.try_get("id")?),
+                    org_id: OrgId(row.try_get("org_id")?),
+                    name: row.try_get("name")?,
+                    spec: serde_json::from_str(spec)
+                        .map_err(|e| anyhow::anyhow!("stored rotation spec: {e}"))?,
+                    created_at_ms: row.try_get("created_at")?,
+                })
+            }
+
+            fn policy_from_row(row: &<$db as sqlx::Database>::Row) -> Result<Policy> {
+                let spec: &str = row.try_get("spec")?;
+                Ok(Policy {
+                    id: PolicyId(row.try_get("id")?),
+                    org_id: OrgId(row.try_get("org_id")?),
+                    name: row.try_get("name")?,
+                    spec: serde_json::from_str(spec)
+                        .map_err(|e| anyhow::anyhow!("stored policy spec: {e}"))?,
+                    created_at_ms: row.try_get("created_at")?,
+                })
+            }
+
+            async fn incident_tx(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                id: i64,
+            ) -> Result<Incident> {
+                let row = sqlx::query(&format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1"))
+                    .bind(id)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                Self::incident_from_row(&row)
+            }
+
+            async fn timeline_tx(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                incident: i64,
+                e: &NewTimelineEntry,
+                now: i64,
+            ) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO incident_timeline (incident_id, action, actor, channel, details, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(incident)
+                .bind(&e.action)
+                .bind(&e.actor)
+                .bind(&e.channel)
+                .bind(e.details.to_string())
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+
+            /// Replaces the incident's pending timer (none when `next` is None).
+            async fn set_timer_tx(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                incident: i64,
+                next: Option<&NextTimer>,
+                now: i64,
+            ) -> Result<()> {
+                sqlx::query("DELETE FROM escalation_timers WHERE incident_id = $1")
+                    .bind(incident)
+                    .execute(&mut **tx)
+                    .await?;
+                if let Some(n) = next {
+                    sqlx::query(
+                        "INSERT INTO escalation_timers (incident_id, kind, step, round, due_at, locked_until, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, 0, $6)",
+                    )
+                    .bind(incident)
+                    .bind(n.kind.as_str())
+                    .bind(n.step as i64)
+                    .bind(n.round as i64)
+                    .bind(n.due_at_ms)
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                Ok(())
+            }
+
+            /// The DING row, its recipients, the `ding` event and any SMS/voice requests.
+            async fn insert_ding_tx(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                d: &NewDing,
+            ) -> Result<(DingId, Vec<UserId>)> {
+                let sql = format!(
+                    "SELECT id FROM users WHERE org_id = $1 AND active = $2 AND id IN ({}) ORDER BY id",
+                    Self::ids_from("$3")
+                );
+                let found: Vec<i64> = sqlx::query_scalar(&sql)
+                    .bind(d.org.0)
+                    .bind(true)
+                    .bind(ids_json(&d.recipients))
+                    .fetch_all(&mut **tx)
+                    .await?;
+                let recipients: Vec<UserId> = found.into_iter().map(UserId).collect();
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO dings (org_id, sender_id, sender_name, text, channel, incident_id, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                )
+                .bind(d.org.0)
+                .bind(format!("{}:{}", d.sender.kind.as_str(), d.sender.id))
+                .bind(&d.sender.name)
+                .bind(&d.text)
+                .bind(d.channel.as_str())
+                .bind(d.incident.map(|i| i.0))
+                .bind(d.now_ms)
+                .fetch_one(&mut **tx)
+                .await?;
+                let sql = format!(
+                    "INSERT INTO ding_recipients (ding_id, user_id) SELECT $1, id FROM ({}) AS ids",
+                    Self::ids_from("$2")
+                );
+                sqlx::query(&sql)
+                    .bind(id)
+                    .bind(ids_json(&recipients))
+                    .execute(&mut **tx)
+                    .await?;
+                if d.channel.needs_provider() {
+                    let sql = format!(
+                        "INSERT INTO notification_outbox (org_id, ding_id, user_id, channel, attempts, run_at, locked_until) \
+                         SELECT $1, $2, id, $3, 0, $4, 0 FROM ({}) AS ids",
+                        Self::ids_from("$5")
+                    );
+                    sqlx::query(&sql)
+                        .bind(d.org.0)
+                        .bind(id)
+                        .bind(d.channel.as_str())
+                        .bind(d.now_ms)
+                        .bind(ids_json(&recipients))
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                // DINGs are about people, not a conversation: conversation 0 has no members,
+                // so the fanout writes the event to the recipients only.
+                let event: i64 = sqlx::query_scalar(
+                    "INSERT INTO conv_events (conversation_id, kind, details, created_at) \
+                     VALUES (0, $1, $2, $3) RETURNING id",
+                )
+                .bind(EventKind::Ding.code() as i32)
+                .bind(ding_details(id, d).to_string())
+                .bind(d.now_ms)
+                .fetch_one(&mut **tx)
+                .await?;
+                let task = Task::Announce {
+                    conversation_id: ConversationId(0),
+                    kind: EventKind::Ding,
+                    ref_id: event,
+                    also_notify: recipients.clone(),
+                };
+                Self::enqueue_tx(tx, &task, d.now_ms).await?;
+                Ok((DingId(id), recipients))
+            }
+
+            async fn ding_tx(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                org: OrgId,
+                id: DingId,
+            ) -> Result<Ding> {
+                let row = sqlx::query(
+                    "SELECT id, org_id, sender_id, sender_name, text, channel, incident_id, created_at \
+                     FROM dings WHERE id = $1 AND org_id = $2",
+                )
+                .bind(id.0)
+                .bind(org.0)
+                .fetch_optional(&mut *conn)
+                .await?
+                .ok_or(StoreError::NotFound("ding"))?;
+                let sender: String = row.try_get("sender_id")?;
+                let (kind, sender_id) = sender.split_once(':').unwrap_or(("user", &sender));
+                let channel: &str = row.try_get("channel")?;
+                let recipients = sqlx::query(
+                    "SELECT user_id, confirmed_at FROM ding_recipients WHERE ding_id = $1 ORDER BY user_id",
+                )
+                .bind(id.0)
+                .fetch_all(&mut *conn)
+                .await?
+                .iter()
+                .map(|r| Ok((UserId(r.try_get("user_id")?), r.try_get("confirmed_at")?)))
+                .collect::<Result<Vec<_>>>()?;
+                Ok(Ding {
+                    id,
+                    org_id: org,
+                    sender: Sender {
+                        id: sender_id.to_string(),
+                        kind: SenderKind::parse(kind),
+                        name: row.try_get("sender_name")?,
+                    },
+                    text: row.try_get("text")?,
+                    channel: Channel::parse(channel).unwrap_or(Channel::DingApp),
+                    incident_id: row.try_get::<Option<i64>, _>("incident_id")?.map(IncidentId),
+                    created_at_ms: row.try_get("created_at")?,
+                    recipients,
+                })
+            }
+
+            /// Opens a new incident or re-opens a flapping one; None if another transaction
+            /// opened one for the key first.
+            async fn open_tx(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                f: &Firing,
+            ) -> Result<Option<(i64, FireOutcome)>> {
+                let flap_ms = f.policy.as_ref().map_or(
+                    crate::alerts::policy::DEFAULT_FLAP_WINDOW_SECONDS as i64 * 1000,
+                    |(_, p)| p.flap_window_seconds as i64 * 1000,
+                );
+                let recent: Option<(i64, i64, i64)> = sqlx::query_as(
+                    "SELECT id, step, round FROM incidents WHERE robot_id = $1 AND incident_key = $2 \
+                     AND state = 'resolved' AND resolved_at >= $3 ORDER BY id DESC LIMIT 1",
+                )
+                .bind(f.robot.0)
+                .bind(&f.key)
+                .bind(f.now_ms - flap_ms)
+                .fetch_optional(&mut **tx)
+                .await?;
+                let labels = serde_json::to_string(&f.labels).map_err(anyhow::Error::from)?;
+                if let Some((id, step, round)) = recent {
+                    let reopened = sqlx::query(
+                        "UPDATE incidents SET state = 'triggered', open_key = $1, resolved_at = NULL, \
+                         fire_count = fire_count + 1, title = $2, card = COALESCE($3, card), updated_at = $4 \
+                         WHERE id = $5 AND state = 'resolved' \
+                         AND NOT EXISTS (SELECT 1 FROM incidents o WHERE o.robot_id = $6 AND o.open_key = $1)",
+                    )
+                    .bind(&f.key)
+                    .bind(&f.title)
+                    .bind(card_json(&f.card))
+                    .bind(f.now_ms)
+                    .bind(id)
+                    .bind(f.robot.0)
+                    .execute(&mut **tx)
+                    .await?
+                    .rows_affected();
+                    if reopened == 1 {
+                        let next = f.policy.as_ref().map(|(_, p)| NextTimer {
+                            kind: TimerKind::Step,
+                            step: step as u32,
+                            round: round as u32,
+                            due_at_ms: f.now_ms + p.wait_ms(step as u32),
+                        });
+                        Self::set_timer_tx(tx, id, next.as_ref(), f.now_ms).await?;
+                        return Ok(Some((id, FireOutcome::Reopened)));
+                    }
+                }
+                let id: Option<i64> = sqlx::query_scalar(
+                    "INSERT INTO incidents (org_id, robot_id, conversation_id, incident_key, open_key, state, title, \
+                     severity, labels, policy_id, step, round, fire_count, card, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $4, 'triggered', $5, $6, $7, $8, 0, 0, 1, $9, $10, $10) \
+                     ON CONFLICT (robot_id, open_key) DO NOTHING RETURNING id",
+                )
+                .bind(f.org.0)
+                .bind(f.robot.0)
+                .bind(f.conversation.0)
+                .bind(&f.key)
+                .bind(&f.title)
+                .bind(&f.severity)
+                .bind(labels)
+                .bind(f.policy.as_ref().map(|(id, _)| id.0))
+                .bind(card_json(&f.card))
+                .bind(f.now_ms)
+                .fetch_optional(&mut **tx)
+                .await?;
+                let Some(id) = id else { return Ok(None) };
+                let next = f.policy.as_ref().map(|(_, p)| NextTimer {
+                    kind: TimerKind::Step,
+                    step: 0,
+                    round: 0,
+                    due_at_ms: f.now_ms + p.wait_ms(0),
+                });
+                Self::set_timer_tx(tx, id, next.as_ref(), f.now_ms).await?;
+                Ok(Some((id, FireOutcome::Opened)))
+            }
+        }
+
+        #[async_trait]
+        impl AlertStore for $store {
+            async fn create_policy(&self, org: OrgId, name: &str, spec: &PolicySpec) -> Result<Policy> {
+                let text = serde_json::to_string(spec).map_err(anyhow::Error::from)?;
+                let row = sqlx::query(
+                    "INSERT INTO escalation_policies (org_id, name, spec, created_at) VALUES ($1, $2, $3, $4) \
+                     RETURNING id, org_id, name, spec, created_at",
+                )
+                .bind(org.0)
+                .bind(name)
+                .bind(text)
+                .bind(clock::now_ms())
+                .fetch_one(self.writer())
+                .await?;
+                Self::policy_from_row(&row)
+            }
+
+            async fn get_policy(&self, org: OrgId, id: PolicyId) -> Result<Policy> {
+                let row = sqlx::query(
+                    "SELECT id, org_id, name, spec, created_at FROM escalation_policies WHERE id = $1 AND org_id = $2",
+                )
+                .bind(id.0)
+                .bind(org.0)
+                .fetch_optional(self.reader())
+                .await?
+                .ok_or(StoreError::NotFound("escalation policy"))?;
+                Self::policy_from_row(&row)
+            }
+
+            async fn list_policies(&self, org: OrgId, after: Option<PolicyId>, limit: i64) -> Result<Vec<Policy>> {
+                let rows = sqlx::query(
+                    "SELECT id, org_id, name, spec, created_at FROM escalation_policies \
+                     WHERE org_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+                )
+                .bind(org.0)
+                .bind(after.map_or(0, |p| p.0))
+                .bind(limit)
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter().map(Self::policy_from_row).collect()
+            }
+
+            async fn save_policy(&self, policy: &Policy) -> Result<()> {
+                let text = serde_json::to_string(&policy.spec).map_err(anyhow::Error::from)?;
+                let updated = sqlx::query(
+                    "UPDATE escalation_policies SET name = $1, spec = $2 WHERE id = $3 AND org_id = $4",
+                )
+                .bind(&policy.name)
+                .bind(text)
+                .bind(policy.id.0)
+                .bind(policy.org_id.0)
+                .execute(self.writer())
+                .await?
+                .rows_affected();
+                if updated == 0 {
+                    return Err(StoreError::NotFound("escalation policy"));
+                }
+                Ok(())
+            }
+
+            async fn delete_policy(&self, org: OrgId, id: PolicyId) -> Result<()> {
+                let deleted = sqlx::query("DELETE FROM escalation_policies WHERE id = $1 AND org_id = $2")
+                    .bind(id.0)
+                    .bind(org.0)
+                    .execute(self.writer())
+                    .await?
+                    .rows_affected();
+                if deleted == 0 {
+                    return Err(StoreError::NotFound("escalation policy"));
+                }
+                Ok(())
+            }
+
+            async fn fire_incident(&self, f: &Firing) -> Result<(Incident, FireOutcome)> {
+                let mut tx = self.writer().begin().await?;
+                for _ in 0..3 {
+                    let open: Option<i64> = sqlx::query_scalar(
+                        "UPDATE incidents SET fire_count = fire_count + 1, title = $1, card = COALESCE($2, card), \
+                         updated_at = $3 WHERE robot_id = $4 AND open_key = $5 RETURNING id",
+                    )
+                    .bind(&f.title)
+                    .bind(card_json(&f.card))
+                    .bind(f.now_ms)
+                    .bind(f.robot.0)
+                    .bind(&f.key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let (id, outcome) = match open {
+                        Some(id) => (id, FireOutcome::Repeat),
+                        None => match Self::open_tx(&mut tx, f).await? {
+                            Some(opened) => opened,
+                            None => continue, // opened concurrently: count it as a repeat
+                        },
+                    };
+                    if outcome != FireOutcome::Repeat {
+                        let action = if outcome == FireOutcome::Opened { "opened" } else { "reopened" };
+                        let entry = NewTimelineEntry {
+                            action: action.into(),
+                            actor: f.actor.clone(),
+                            channel: "sender".into(),
+                            details: serde_json::json!({"title": f.title}),
+                        };
+                        Self::timeline_tx(&mut tx, id, &entry, f.now_ms).await?;
+                    }
+                    let incident = Self::incident_tx(&mut tx, id).await?;
+                    tx.commit().await?;
+                    return Ok((incident, outcome));
+                }
+                Err(StoreError::Conflict("the incident changed concurrently; retry".into()))
+            }
+
+            async fn transition_incident(&self, t: &Transition) -> Result<Option<(Incident, bool)>> {
+                let mut tx = self.writer().begin().await?;
+                let id: Option<i64> = match &t.incident {
+                    IncidentRef::Id(id) => sqlx::query_scalar("SELECT id FROM incidents WHERE id = $1 AND org_id = $2")
+                        .bind(id.0)
+                        .bind(t.org.0)
+                        .fetch_optional(&mut *tx)
+                        .await?,
+                    IncidentRef::Key { robot, key } => sqlx::query_scalar(
+                        "SELECT id FROM incidents WHERE robot_id = $1 AND open_key = $2",
+                    )
+                    .bind(robot.0)
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await?,
+                };
+                let Some(id) = id else { return Ok(None) };
+                let changed = match t.action {
+                    Action::Ack => sqlx::query(
+                        "UPDATE incidents SET state = 'acknowledged', silenced_until = NULL, updated_at = $1 \
+                         WHERE id = $2 AND state IN ('triggered', 'silenced')",
+                    )
+                    .bind(t.now_ms)
+                    .bind(id),
+                    Action::Resolve => sqlx::query(
+                        "UPDATE incidents SET state = 'resolved', open_key = NULL, silenced_until = NULL, \
+                         resolved_at = $1, updated_at = $1 WHERE id = $2 AND state <> 'resolved'",
+                    )
+                    .bind(t.now_ms)
+                    .bind(id),
+                    Action::Silence { until_ms } => sqlx::query(
+                        "UPDATE incidents SET state = 'silenced', silenced_until = $3, updated_at = $1 \
+                         WHERE id = $2 AND state IN ('triggered', 'acknowledged', 'silenced')",
+                    )
+                    .bind(t.now_ms)
+                    .bind(id)
+                    .bind(until_ms),
+                }
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if changed {
+                    let incident = Self::incident_tx(&mut tx, id).await?;
+                    let next = match t.action {
+                        Action::Ack => t.ack_timeout_ms.map(|ms| NextTimer {
+                            kind: TimerKind::AckTimeout,
+                            step: incident.step,
+                            round: incident.round,
+                            due_at_ms: t.now_ms + ms,
+                        }),
+                        Action::Resolve => None,
+                        Action::Silence { until_ms } => Some(NextTimer {
+                            kind: TimerKind::Unsilence,
+                            step: incident.step,
+                            round: incident.round,
+                            due_at_ms: until_ms,
+                        }),
+                    };
+                    Self::set_timer_tx(&mut tx, id, next.as_ref(), t.now_ms).await?;
+                    let entry = NewTimelineEntry {
+                        action: t.action.name().into(),
+                        actor: t.actor.clone(),
+                        channel: t.channel.clone(),
+                        details: match t.action {
+                            Action::Silence { until_ms } => serde_json::json!({"until": clock::rfc3339(until_ms)}),
+                            _ => serde_json::json!({}),
+                        },
+                    };
+                    Self::timeline_tx(&mut tx, id, &entry, t.now_ms).await?;
+                }
+                let incident = Self::incident_tx(&mut tx, id).await?;
+                tx.commit().await?;
+                Ok(Some((incident, changed)))
+            }
+
+            async fn get_incident(&self, org: OrgId, id: IncidentId) -> Result<Incident> {
+                let row = sqlx::query(&format!(
+                    "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1 AND org_id = $2"
+                ))
+                .bind(id.0)
+                .bind(org.0)
+                .fetch_optional(self.reader())
+                .await?
+                .ok_or(StoreError::NotFound("incident"))?;
+                Self::incident_from_row(&row)
+            }
+
+            async fn get_incident_any(&self, id: IncidentId) -> Result<Incident> {
+                let row = sqlx::query(&format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1"))
+                    .bind(id.0)
+                    .fetch_optional(self.reader())
+                    .await?
+                    .ok_or(StoreError::NotFound("incident"))?;
+                Self::incident_from_row(&row)
+            }
+
+            async fn open_incident(&self, robot: RobotId, key: &str) -> Result<Option<Incident>> {
+                let row = sqlx::query(&format!(
+                    "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE robot_id = $1 AND open_key = $2"
+                ))
+                .bind(robot.0)
+                .bind(key)
+                .fetch_optional(self.reader())
+                .await?;
+                row.as_ref().map(Self::incident_from_row).transpose()
+            }
+
+            async fn list_incidents(
+                &self,
+                org: OrgId,
+                filter: &IncidentFilter,
+                after: Option<IncidentId>,
+                limit: i64,
+            ) -> Result<Vec<Incident>> {
+                let label = filter.label.as_ref().map(|l| {
+                    serde_json::Value::String(l.clone()).to_string()
+                });
+                let rows = sqlx::query(&format!(
+                    "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE org_id = $1 AND id < $2 \
+                     AND ($3 = '' OR state = $3) AND ($4 = 0 OR robot_id = $4) \
+                     AND ($5 = '' OR {}) ORDER BY id DESC LIMIT $6",
+                    $contains
+                ))
+                .bind(org.0)
+                .bind(after.map_or(i64::MAX, |i| i.0))
+                .bind(filter.state.map_or("", |s| s.as_str()))
+                .bind(filter.robot.map_or(0, |r| r.0))
+                .bind(label.unwrap_or_default())
+                .bind(limit)
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter().map(Self::incident_from_row).collect()
+            }
+
+            async fn timeline(&self, incident: IncidentId) -> Result<Vec<TimelineEntry>> {
+                let rows = sqlx::query(
+                    "SELECT action, actor, channel, details, created_at FROM incident_timeline \
+                     WHERE incident_id = $1 ORDER BY id",
+                )
+                .bind(incident.0)
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        let details: &str = r.try_get("details")?;
+                        Ok(TimelineEntry {
+                            action: r.try_get("action")?,
+                            actor: r.try_get("actor")?,
+                            channel: r.try_get("channel")?,
+                            details: serde_json::from_str(details).unwrap_or_default(),
+                            at: clock::rfc3339(r.try_get("created_at")?),
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn add_timeline(&self, incident: IncidentId, entry: &NewTimelineEntry) -> Result<()> {
+                let mut tx = self.writer().begin().await?;
+                Self::timeline_tx(&mut tx, incident.0, entry, clock::now_ms()).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn claim_timers(&self, now_ms: i64, lease_ms: i64, limit: i64) -> Result<Vec<Timer>> {
+                let rows = sqlx::query(concat!(
+                    "UPDATE escalation_timers SET locked_until = $2 WHERE incident_id IN ( \
+                       SELECT incident_id FROM escalation_timers WHERE due_at <= $1 AND locked_until <= $1 \
+                       ORDER BY due_at LIMIT $3 ", $lock, ") \
+                     RETURNING incident_id, kind, step, round, due_at"
+                ))
+                .bind(now_ms)
+                .bind(now_ms + lease_ms)
+                .bind(limit)
+                .fetch_all(self.writer())
+                .await?;
+                let mut timers = rows
+                    .iter()
+                    .map(|r| {
+                        let kind: &str = r.try_get("kind")?;
+                        Ok(Timer {
+                            incident_id: IncidentId(r.try_get("incident_id")?),
+                            kind: TimerKind::parse(kind)
+                                .ok_or_else(|| anyhow::anyhow!("stored timer kind {kind:?}"))?,
+                            step: r.try_get::<i64, _>("step")? as u32,
+                            round: r.try_get::<i64, _>("round")? as u32,
+                            due_at_ms: r.try_get("due_at")?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                timers.sort_by_key(|t| t.due_at_ms);
+                Ok(timers)
+            }
+
+            async fn next_timer_due(&self, now_ms: i64) -> Result<Option<i64>> {
+                Ok(sqlx::query_scalar(
+                    "SELECT due_at FROM escalation_timers WHERE locked_until <= $1 ORDER BY due_at LIMIT 1",
+                )
+                .bind(now_ms)
+                .fetch_optional(self.reader())
+                .await?)
+            }
+
+            async fn fire_timer(&self, timer: &Timer, effects: &Effects) -> Result<bool> {
+                let now = clock::now_ms();
+                let mut tx = self.writer().begin().await?;
+                let deleted = sqlx::query(
+                    "DELETE FROM escalation_timers WHERE incident_id = $1 AND kind = $2 AND step = $3 \
+                     AND round = $4 AND due_at = $5",
+                )
+                .bind(timer.incident_id.0)
+                .bind(timer.kind.as_str())
+                .bind(timer.step as i64)
+                .bind(timer.round as i64)
+                .bind(timer.due_at_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if deleted != 1 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                sqlx::query(
+                    "UPDATE incidents SET state = COALESCE($1, state), silenced_until = CASE WHEN $1 IS NULL \
+                     THEN silenced_until ELSE NULL END, step = $2, round = $3, updated_at = $4 WHERE id = $5",
+                )
+                .bind(effects.state.map(|s| s.as_str()))
+                .bind(effects.step as i64)
+                .bind(effects.round as i64)
+                .bind(now)
+                .bind(timer.incident_id.0)
+                .execute(&mut *tx)
+                .await?;
+                Self::set_timer_tx(&mut tx, timer.incident_id.0, effects.next.as_ref(), now).await?;
+                for ding in &effects.dings {
+                    Self::insert_ding_tx(&mut tx, ding).await?;
+                }
+                for message in &effects.messages {
+                    let task = Task::Post { message: Box::new(message.clone()) };
+                    Self::enqueue_tx(&mut tx, &task, now).await?;
+                }
+                for entry in &effects.timeline {
+                    Self::timeline_tx(&mut tx, timer.incident_id.0, entry, now).await?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn pending_timers(&self) -> Result<i64> {
+                Ok(sqlx::query_scalar("SELECT COUNT(*) FROM escalation_timers")
+                    .fetch_one(self.reader())
+                    .await?)
+            }
+
+            async fn create_ding(&self, ding: &NewDing) -> Result<(DingId, Vec<UserId>)> {
+                let mut tx = self.writer().begin().await?;
+                let created = Self::insert_ding_tx(&mut tx, ding).await?;
+                tx.commit().await?;
+                Ok(created)
+            }
+
+            async fn get_ding(&self, org: OrgId, id: DingId) -> Result<Ding> {
+                let mut conn = self.reader().acquire().await?;
+                Self::ding_tx(&mut conn, org, id).await
+            }
+
+            async fn confirm_ding(&self, org: OrgId, id: DingId, user: UserId) -> Result<Ding> {
+                let mut tx = self.writer().begin().await?;
+                let ding = Self::ding_tx(&mut tx, org, id).await?;
+                if !ding.recipients.iter().any(|(u, _)| *u == user) {
+                    return Err(StoreError::NotFound("ding"));
+                }
+                sqlx::query(
+                    "UPDATE ding_recipients SET confirmed_at = $1 WHERE ding_id = $2 AND user_id = $3 \
+                     AND confirmed_at IS NULL",
+                )
+                .bind(clock::now_ms())
+                .bind(id.0)
+                .bind(user.0)
+                .execute(&mut *tx)
+                .await?;
+                let ding = Self::ding_tx(&mut tx, org, id).await?;
+                tx.commit().await?;
+                Ok(ding)
+            }
+
+            async fn dinged_users(&self, incident: IncidentId) -> Result<Vec<UserId>> {
+                let ids: Vec<i64> = sqlx::query_scalar(
+                    "SELECT DISTINCT r.user_id FROM dings d JOIN ding_recipients r ON r.ding_id = d.id \
+                     WHERE d.incident_id = $1 ORDER BY r.user_id",
+                )
+                .bind(incident.0)
+                .fetch_all(self.reader())
+                .await?;
+                Ok(ids.into_iter().map(UserId).collect())
+            }
+
+            async fn create_rotation(&self, org: OrgId, name: &str, spec: &RotationSpec) -> Result<Rotation> {
+                let text = serde_json::to_string(spec).map_err(anyhow::Error::from)?;
+                let row = sqlx::query(
+                    "INSERT INTO rotations (org_id, name, spec, created_at) VALUES ($1, $2, $3, $4) \
+                     RETURNING id, org_id, name, spec, created_at",
+                )
+                .bind(org.0)
+                .bind(name)
+                .bind(text)
+                .bind(clock::now_ms())
+                .fetch_one(self.writer())
+                .await?;
+                Self::rotation_from_row(&row)
+            }
+
+            async fn get_rotation(&self, org: OrgId, id: RotationId) -> Result<Rotation> {
+                let row = sqlx::query(
+                    "SELECT id, org_id, name, spec, created_at FROM rotations WHERE id = $1 AND org_id = $2",
+                )
+                .bind(id.0)
+                .bind(org.0)
+                .fetch_optional(self.reader())
+                .await?
+                .ok_or(StoreError::NotFound("rotation"))?;
+                Self::rotation_from_row(&row)
+            }
+
+            async fn list_rotations(&self, org: OrgId, after: Option<RotationId>, limit: i64) -> Result<Vec<Rotation>> {
+                let rows = sqlx::query(
+                    "SELECT id, org_id, name, spec, created_at FROM rotations \
+                     WHERE org_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+                )
+                .bind(org.0)
+                .bind(after.map_or(0, |r| r.0))
+                .bind(limit)
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter().map(Self::rotation_from_row).collect()
+            }
+
+            async fn save_rotation(&self, rotation: &Rotation) -> Result<()> {
+                let text = serde_json::to_string(&rotation.spec).map_err(anyhow::Error::from)?;
+                let updated = sqlx::query("UPDATE rotations SET name = $1, spec = $2 WHERE id = $3 AND org_id = $4")
+                    .bind(&rotation.name)
+                    .bind(text)
+                    .bind(rotation.id.0)
+                    .bind(rotation.org_id.0)
+                    .execute(self.writer())
+                    .await?
+                    .rows_affected();
+                if updated == 0 {
+                    return Err(StoreError::NotFound("rotation"));
+                }
+                Ok(())
+            }
+
+            async fn delete_rotation(&self, org: OrgId, id: RotationId) -> Result<()> {
+                let deleted = sqlx::query("DELETE FROM rotations WHERE id = $1 AND org_id = $2")
+                    .bind(id.0)
+                    .bind(org.0)
+                    .execute(self.writer())
+                    .await?
+                    .rows_affected();
+                if deleted == 0 {
+                    return Err(StoreError::NotFound("rotation"));
+                }
+                Ok(())
+            }
+
+            async fn add_digest_line(&self, d: &DigestLine) -> Result<()> {
+                let mut tx = self.writer().begin().await?;
+                sqlx::query("INSERT INTO digest_items (robot_id, line, created_at) VALUES ($1, $2, $3)")
+                    .bind(d.robot.0)
+                    .bind(&d.line)
+                    .bind(d.now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO digest_timers (robot_id, org_id, conversation_id, robot_name, due_at, locked_until) \
+                     VALUES ($1, $2, $3, $4, $5, 0) ON CONFLICT (robot_id) DO NOTHING",
+                )
+                .bind(d.robot.0)
+                .bind(d.org.0)
+                .bind(d.conversation.0)
+                .bind(&d.robot_name)
+                .bind(d.due_at_ms)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn claim_digests(&self, now_ms: i64, lease_ms: i64, limit: i64) -> Result<Vec<DueDigest>> {
+                let rows = sqlx::query(concat!(
+                    "UPDATE digest_timers SET locked_until = $2 WHERE robot_id IN ( \
+                       SELECT robot_id FROM digest_timers WHERE due_at <= $1 AND locked_until <= $1 \
+                       ORDER BY due_at LIMIT $3 ", $lock, ") \
+                     RETURNING robot_id, org_id, conversation_id, robot_name, due_at"
+                ))
+                .bind(now_ms)
+                .bind(now_ms + lease_ms)
+                .bind(limit)
+                .fetch_all(self.writer())
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(DueDigest {
+                            robot: RobotId(r.try_get("robot_id")?),
+                            org: OrgId(r.try_get("org_id")?),
+                            conversation: ConversationId(r.try_get("conversation_id")?),
+                            robot_name: r.try_get("robot_name")?,
+                            due_at_ms: r.try_get("due_at")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn post_digest(
+                &self,
+                due: &DueDigest,
+                build: &(dyn for<'a> Fn(&'a [String]) -> MessageRecord + Send + Sync),
+            ) -> Result<bool> {
+                let now = clock::now_ms();
+                let mut tx = self.writer().begin().await?;
+                let deleted = sqlx::query("DELETE FROM digest_timers WHERE robot_id = $1 AND due_at = $2")
+                    .bind(due.robot.0)
+                    .bind(due.due_at_ms)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if deleted != 1 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                let lines: Vec<String> = sqlx::query_scalar(
+                    "SELECT line FROM digest_items WHERE robot_id = $1 ORDER BY id",
+                )
+                .bind(due.robot.0)
+                .fetch_all(&mut *tx)
+                .await?;
+                sqlx::query("DELETE FROM digest_items WHERE robot_id = $1")
+                    .bind(due.robot.0)
+                    .execute(&mut *tx)
+                    .await?;
+                if !lines.is_empty() {
+                    let task = Task::Post { message: Box::new(build(&lines)) };
+                    Self::enqueue_tx(&mut tx, &task, now).await?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn set_notifier(&self, org: OrgId, n: &Notifier) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO notification_providers (org_id, url, secret, updated_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (org_id) DO UPDATE SET url = excluded.url, secret = excluded.secret, \
+                     updated_at = excluded.updated_at",
+                )
+                .bind(org.0)
+                .bind(&n.url)
+                .bind(&n.secret)
+                .bind(clock::now_ms())
+                .execute(self.writer())
+                .await?;
+                Ok(())
+            }
+
+            async fn get_notifier(&self, org: OrgId) -> Result<Option<Notifier>> {
+                let row: Option<(String, String)> =
+                    sqlx::query_as("SELECT url, secret FROM notification_providers WHERE org_id = $1")
+                        .bind(org.0)
+                        .fetch_optional(self.reader())
+                        .await?;
+                Ok(row.map(|(url, secret)| Notifier { url, secret }))
+            }
+
+            async fn claim_notifications(&self, now_ms: i64, lease_ms: i64, limit: i64) -> Result<Vec<OutboxItem>> {
+                let claimed: Vec<i64> = sqlx::query_scalar(concat!(
+                    "UPDATE notification_outbox SET locked_until = $2 WHERE id IN ( \
+                       SELECT id FROM notification_outbox WHERE sent_at IS NULL AND run_at <= $1 \
+                       AND locked_until <= $1 ORDER BY run_at LIMIT $3 ", $lock, ") RETURNING id"
+                ))
+                .bind(now_ms)
+                .bind(now_ms + lease_ms)
+                .bind(limit)
+                .fetch_all(self.writer())
+                .await?;
+                if claimed.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let sql = format!(
+                    "SELECT o.id, o.org_id, o.ding_id, o.user_id, o.channel, o.attempts, u.mobile, d.text, \
+                     d.incident_id, p.url, p.secret FROM notification_outbox o \
+                     JOIN dings d ON d.id = o.ding_id JOIN users u ON u.id = o.user_id \
+                     LEFT JOIN notification_providers p ON p.org_id = o.org_id \
+                     WHERE o.id IN ({}) ORDER BY o.id",
+                    Self::ids_from("$1")
+                );
+                let raw: Vec<UserId> = claimed.into_iter().map(UserId).collect();
+                let rows = sqlx::query(&sql).bind(ids_json(&raw)).fetch_all(self.writer()).await?;
+                rows.iter()
+                    .map(|r| {
+                        let channel: &str = r.try_get("channel")?;
+                        let url: Option<String> = r.try_get("url")?;
+                        let secret: Option<String> = r.try_get("secret")?;
+                        Ok(OutboxItem {
+                            id: r.try_get("id")?,
+                            org_id: OrgId(r.try_get("org_id")?),
+                            ding_id: DingId(r.try_get("ding_id")?),
+                            user_id: UserId(r.try_get("user_id")?),
+                            channel: Channel::parse(channel).unwrap_or(Channel::DingSms),
+                            attempts: r.try_get("attempts")?,
+                            mobile: r.try_get("mobile")?,
+                            text: r.try_get("text")?,
+                            incident_id: r.try_get::<Option<i64>, _>("incident_id")?.map(IncidentId),
+                            notifier: url.zip(secret).map(|(url, secret)| Notifier { url, secret }),
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn finish_notification(&self, id: i64, error: Option<&str>, retry_at_ms: Option<i64>) -> Result<()> {
+                let now = clock::now_ms();
+                match (error, retry_at_ms) {
+                    (None, _) => sqlx::query(
+                        "UPDATE notification_outbox SET sent_at = $1, attempts = attempts + 1, last_error = NULL WHERE id = $2",
+                    )
+                    .bind(now)
+                    .bind(id),
+                    (Some(e), Some(at)) => sqlx::query(
+                        "UPDATE notification_outbox SET attempts = attempts + 1, run_at = $1, locked_until = 0, \
+                         last_error = $3 WHERE id = $2",
+                    )
+                    .bind(at)
+                    .bind(id)
+                    .bind(e),
+                    // Given up: kept, with its error, for the operator.
+                    (Some(e), None) => sqlx::query(
+                        "UPDATE notification_outbox SET attempts = attempts + 1, sent_at = -1, last_error = $2 WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(e),
+                }
+                .execute(self.writer())
+                .await?;
+                Ok(())
+            }
+        }
+    };
+}
+
+alert_store_impl!(SqliteStore, sqlx::Sqlite, "", "instr(labels, $5) > 0");
+alert_store_impl!(
+    PgStore,
+    sqlx::Postgres,
+    "FOR UPDATE SKIP LOCKED",
+    "strpos(labels, $5) > 0"
+);
