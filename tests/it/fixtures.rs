@@ -134,6 +134,9 @@ impl Ctx<'_> {
     /// sees.
     async fn replay_and_snapshot(&self, name: &str, robot: &Value, replay: Replay) {
         let db = self.server.db().await;
+        // Earlier events (the group's creation, the previous fixture) must be in the inbox
+        // before the cursor is taken, or they leak into this fixture's snapshot.
+        self.server.drain(&db).await;
         let before = self.server.sync_all(self.member, 0).await;
         let since = before.last().map_or(0, |e| e["pts"].as_i64().unwrap());
         let mut req = self.server.http.post(&replay.url).body(replay.body);
