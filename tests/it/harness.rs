@@ -99,12 +99,22 @@ impl Server {
             Backend::Sqlite => None,
             Backend::Postgres => Some(fresh_pg_database().await),
         };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("client");
+        Self::launch(dir, config_path, database_url, http).await
+    }
+
+    async fn launch(
+        dir: TempDir,
+        config_path: PathBuf,
+        database_url: Option<String>,
+        http: reqwest::Client,
+    ) -> Server {
         let mut server = Server {
             base: String::new(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .expect("client"),
+            http,
             child: None,
             dir,
             database_url,
@@ -124,17 +134,13 @@ impl Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("herald.toml");
         std::fs::copy(&self.config_path, &config_path).expect("copy config");
-        let mut peer = Server {
-            base: String::new(),
-            http: self.http.clone(),
-            child: None,
+        Self::launch(
             dir,
-            database_url: self.database_url.clone(),
             config_path,
-        };
-        peer.spawn();
-        peer.wait_healthy().await;
-        peer
+            self.database_url.clone(),
+            self.http.clone(),
+        )
+        .await
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -202,29 +208,6 @@ impl Server {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-    }
-
-    /// A second herald process on this server's PostgreSQL database (its own data dir and
-    /// port, the same config).
-    pub async fn peer(&self) -> Server {
-        assert!(
-            self.database_url.is_some(),
-            "peers share a PostgreSQL database"
-        );
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config_path = dir.path().join("herald.toml");
-        std::fs::copy(&self.config_path, &config_path).expect("copy config");
-        let mut peer = Server {
-            base: String::new(),
-            http: self.http.clone(),
-            child: None,
-            dir,
-            database_url: self.database_url.clone(),
-            config_path,
-        };
-        peer.spawn();
-        peer.wait_healthy().await;
-        peer
     }
 
     /// SIGKILL: no shutdown code runs.

@@ -195,7 +195,7 @@ async fn slow_client_is_told_to_resync(backend: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_processes_wake_each_others_streams() {
     let first = Server::start(Backend::Postgres, "").await;
-    let second = first.peer().await;
+    let second = first.start_peer().await;
     let admin = first.admin_token();
     let ids = first.create_users(&admin, "p", 2).await;
     let alice = first.token_for(&admin, &ids[0]).await;
