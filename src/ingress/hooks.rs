@@ -127,11 +127,16 @@ async fn render_and_post(
         )
         .map_err(|e| ApiError::Internal(e.into()))?,
     };
+    // A redelivery is answered 2xx, counted, and posted once only. An event that updates a
+    // card is checked first (a card update is not idempotent); a plain post is deduplicated by
+    // the enqueue itself, which saves a read per webhook.
     let delivery = event.dedupe_key.as_deref();
-    if super::post::already_posted(app, robot, delivery).await?
-        || super::burst::holds(app, robot, delivery).await?
+    let grouped = event.object_key.is_some() && robot.spec.grouping != Grouping::Off;
+    if grouped
+        && (super::post::already_posted(app, robot, delivery).await?
+            || super::burst::holds(app, robot, delivery).await?)
     {
-        return Ok(false); // a redelivery: answered 2xx, counted, posted once only
+        return Ok(false);
     }
     let incident = crate::alerts::incident::observe(app, robot, &event, content.as_ref()).await?;
     if crate::alerts::digest::applies(robot, &event) {
@@ -146,7 +151,9 @@ async fn render_and_post(
         return Ok(false);
     };
     map_mentions(app, robot, &mut event).await?;
-    group_and_post(app, robot, &event, content).await?;
+    if !group_and_post(app, robot, &event, content).await? {
+        return Ok(false);
+    }
     if let (Some(key), Some(fields)) = (&event.object_key, kept) {
         app.store.set_card_fields(robot.id, key, &fields).await?;
     }
@@ -220,29 +227,30 @@ async fn map_mentions(
 }
 
 /// The grouping engine: the first event about an object posts its card; later ones update the
-/// card in place and/or add a threaded follow-up, as the robot's `grouping` says.
+/// card in place and/or add a threaded follow-up, as the robot's `grouping` says. False when
+/// a plain post turned out to be a redelivery.
 async fn group_and_post(
     app: &AppState,
     robot: &Robot,
     event: &Normalized,
     content: Content,
-) -> Result<(), ApiError> {
+) -> Result<bool, ApiError> {
     let key = event
         .object_key
         .as_deref()
         .filter(|_| robot.spec.grouping != Grouping::Off);
     let Some(key) = key else {
-        post_one(app, robot, event, content, None).await?;
-        return Ok(());
+        let enqueued = post_one(app, robot, event, content, None).await?;
+        return Ok(matches!(enqueued, Enqueued::New(_)));
     };
     let card = app.store.robot_card(robot.id, key).await?;
     if let Some(card) = card {
         if card_shows(app, robot, card, &content).await? {
             // A repeat (Alertmanager re-sends every repeat_interval): nothing new to say.
-            return Ok(());
+            return Ok(true);
         }
         if super::burst::absorbs(app, robot, key, event, &content).await? {
-            return Ok(()); // part of a burst: applied when its window closes
+            return Ok(true); // part of a burst: applied when its window closes
         }
         super::burst::touch(app, robot, key).await?;
     }
@@ -260,7 +268,7 @@ async fn group_and_post(
             }
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Whether the card already shows exactly this content.
@@ -277,6 +285,8 @@ async fn card_shows(
     }
 }
 
+/// Updates the card in place; false when it is gone (recalled or deleted). The card's row is
+/// written when its post is queued, so a card still waiting for its fanout is found too.
 async fn update_card(
     app: &AppState,
     robot: &Robot,
