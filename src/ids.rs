@@ -64,7 +64,8 @@ id_type!(
     EventId,
     RobotId,
     BotId,
-    DeliveryId
+    DeliveryId,
+    PluginId
 );
 
 /// Generates time-ordered, process-unique 63-bit ids: milliseconds since 2024 in the high bits,

@@ -6,6 +6,7 @@ mod conversations;
 mod docs;
 mod live;
 mod messages;
+mod plugins;
 mod robots;
 mod users;
 
@@ -27,6 +28,7 @@ pub fn router(app: AppState) -> Router {
         .merge(bots::router())
         .merge(live::router())
         .merge(robots::router())
+        .merge(plugins::router(&app))
         .merge(docs::router());
     Router::new()
         .route("/healthz", get(healthz))

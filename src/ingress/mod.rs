@@ -6,6 +6,7 @@
 
 mod dingtalk;
 mod hooks;
+mod plugin;
 pub mod post;
 pub mod stats;
 

@@ -6,6 +6,7 @@
 //! member's inbox with its pts counter. Nothing here talks HTTP or wakes connections.
 
 mod bots;
+mod plugins;
 mod postgres;
 mod robots;
 mod shared;
@@ -24,6 +25,7 @@ use crate::model::{
 };
 
 pub use bots::*;
+pub use plugins::{NewPlugin, PluginRecord, PluginStore};
 pub use postgres::PgStore;
 pub use robots::{MentionEntry, RobotStore};
 pub use sqlite::SqliteStore;
@@ -180,9 +182,9 @@ pub struct Page<T> {
 
 /// herald's storage: one narrow trait per area, each implemented by both backends.
 /// Add an area by adding its trait to this list.
-pub trait Store: CoreStore + BotStore + RobotStore {}
+pub trait Store: CoreStore + BotStore + RobotStore + PluginStore {}
 
-impl<T: CoreStore + BotStore + RobotStore> Store for T {}
+impl<T: CoreStore + BotStore + RobotStore + PluginStore> Store for T {}
 
 /// The core: tenancy, people, conversations, messages, the task queue and the inboxes.
 /// Every method that takes an `OrgId` only ever sees that org's rows.

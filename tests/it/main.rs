@@ -9,5 +9,8 @@ mod bots;
 mod crash;
 mod isolation;
 mod live;
+mod plugins;
+mod plugins_c;
 mod robots;
 mod story;
+mod wasm;
