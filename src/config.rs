@@ -26,6 +26,7 @@ pub struct Config {
     pub sqlite: SqliteConfig,
     pub postgres: PostgresConfig,
     pub outgoing: OutgoingConfig,
+    pub plugins: PluginsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -99,6 +100,33 @@ pub struct OutgoingConfig {
     pub secret_rotation_overlap_seconds: u64,
     /// Base URL bots use for `sessionWebhook`; empty: `http://<the listening address>`.
     pub public_url: String,
+}
+
+/// WASM plugins (see `plugin`): the sandbox's bounds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Wall-clock budget of one plugin call.
+    pub deadline_ms: u64,
+    /// Linear memory one plugin instance may use.
+    pub memory_mib: u64,
+    /// Largest component accepted by `POST /api/v1/plugins`.
+    pub max_upload_bytes: usize,
+    /// Plugin calls running at once; more wait for a slot.
+    pub max_concurrent_calls: u32,
+    /// Compiled components; empty: `<data_dir>/plugin-cache`.
+    pub cache_dir: PathBuf,
+}
+
+impl PluginsConfig {
+    /// Where compiled components are cached.
+    pub fn cache_dir(&self, data_dir: &Path) -> PathBuf {
+        if self.cache_dir.as_os_str().is_empty() {
+            data_dir.join("plugin-cache")
+        } else {
+            self.cache_dir.clone()
+        }
+    }
 }
 
 /// Values given on the command line or in `HERALD_*` variables; they win over the file.
@@ -176,6 +204,16 @@ impl Config {
             bail!("stream.max_lag_events must be positive");
         }
         self.validate_outgoing()?;
+        let p = &self.plugins;
+        if p.deadline_ms == 0 || p.deadline_ms > 60_000 {
+            bail!("plugins.deadline_ms must be between 1 and 60000");
+        }
+        if p.memory_mib == 0 || p.memory_mib > 4095 {
+            bail!("plugins.memory_mib must be between 1 and 4095");
+        }
+        if p.max_concurrent_calls == 0 || p.max_concurrent_calls > 10_000 {
+            bail!("plugins.max_concurrent_calls must be between 1 and 10000");
+        }
         Ok(())
     }
 

@@ -45,6 +45,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{what}; retry in {retry_after_secs} s")]
     RateLimited { what: String, retry_after_secs: u64 },
+    /// A plugin declined the request or misbehaved (see `plugin::PluginError`).
+    #[error(transparent)]
+    Plugin(crate::plugin::PluginError),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -74,12 +77,42 @@ impl ApiError {
             PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 41300),
             UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, 41500),
             RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, 42900),
+            Plugin(e) => plugin_code(e),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, 50000),
         }
     }
 
     pub fn bad_request(msg: impl Into<String>) -> Self {
         ApiError::BadRequest(msg.into())
+    }
+}
+
+/// A plugin's own rejection keeps the 4xx it chose; a plugin that misbehaves is the robot's
+/// configuration at fault, not the sender's request, but the sender must still learn why:
+/// 422 with an errcode per kind of failure.
+fn plugin_code(e: &crate::plugin::PluginError) -> (StatusCode, i64) {
+    use crate::plugin::PluginError::*;
+    match e {
+        Rejected { status, .. } => (
+            StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST),
+            42200,
+        ),
+        Deadline(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42210),
+        Memory(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42211),
+        Trap(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42212),
+        BadOutput(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42213),
+        Invalid(_) => (StatusCode::BAD_REQUEST, 40010),
+        Busy => (StatusCode::TOO_MANY_REQUESTS, 42901),
+        Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, 50000),
+    }
+}
+
+impl From<crate::plugin::PluginError> for ApiError {
+    fn from(e: crate::plugin::PluginError) -> Self {
+        match e {
+            crate::plugin::PluginError::Internal(cause) => ApiError::Internal(cause),
+            other => ApiError::Plugin(other),
+        }
     }
 }
 

@@ -68,7 +68,8 @@ id_type!(
     IncidentId,
     PolicyId,
     DingId,
-    RotationId
+    RotationId,
+    PluginId
 );
 
 /// Generates time-ordered, process-unique 63-bit ids: milliseconds since 2024 in the high bits,

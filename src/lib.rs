@@ -19,9 +19,14 @@
 //! Outgoing bots (`outgoing`) hang off fanout: the transaction that writes an event also
 //! queues a delivery for every bot that hears it; `outgoing::worker` signs and sends them.
 //!
+//! Robots of kind `plugin` run a user's WebAssembly component (`plugin`) in place of a
+//! built-in adapter: ingress → verify → plugin → the same filter, grouping and post path.
+//!
 //! Storage (`store`) is one trait with a SQLite and a PostgreSQL implementation.
 
-#![forbid(unsafe_code)]
+// `deny`, not `forbid`: loading a cached compiled plugin is the one unsafe call
+// (`plugin::cache::deserialize`, which says why it is sound).
+#![deny(unsafe_code)]
 
 pub mod adapt;
 pub mod alerts;
@@ -37,6 +42,7 @@ pub mod ids;
 pub mod ingress;
 pub mod model;
 pub mod outgoing;
+pub mod plugin;
 pub mod queue;
 pub mod ratelimit;
 pub mod render;
@@ -71,6 +77,8 @@ pub struct Shared {
     pub burst_bell: tokio::sync::Notify,
     /// Alerts: escalation and provider wake-ups, the card-button key.
     pub alerts: alerts::Alerts,
+    /// WASM plugins: the sandbox, compiled plugins and their failure counters.
+    pub plugins: plugin::Plugins,
     /// Cancelled on shutdown: live streams end so the server can drain.
     pub shutdown: CancellationToken,
 }
@@ -107,6 +115,10 @@ impl AppState {
             alerts: alerts::Alerts::new(signing_key),
             robot_stats: ingress::stats::Counters::default(),
             burst_bell: tokio::sync::Notify::new(),
+            plugins: plugin::Plugins::new(
+                config.plugins.clone(),
+                config.plugins.cache_dir(&config.data_dir),
+            ),
             hub: Arc::new(hub::Hub::default()),
             ids: ids::IdGenerator::new(),
             store,

@@ -35,6 +35,38 @@ enum Command {
         #[command(subcommand)]
         command: OrgCommand,
     },
+    /// WASM plugins: check and try a component without a server.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Validate a component against the plugin worlds herald supports; exits 0 when usable.
+    Check {
+        file: PathBuf,
+        /// A TOML config file whose [plugins] limits apply.
+        #[arg(long, env = "HERALD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Run a component on a request body and print the messages it would post, as JSON.
+    Run {
+        file: PathBuf,
+        /// The raw request body, e.g. plugins/<name>/fixtures/<case>.json.
+        #[arg(long)]
+        request: PathBuf,
+        /// A JSON object of header name → value (e.g. <case>.headers.json).
+        #[arg(long)]
+        headers: Option<PathBuf>,
+        /// The robot's config, as key=value; repeatable.
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        settings: Vec<String>,
+        /// A TOML config file whose [plugins] limits apply.
+        #[arg(long = "config-file", env = "HERALD_CONFIG")]
+        config_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -90,6 +122,9 @@ impl StoreArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Plugin { command } = &cli.command {
+        return plugin_command(command);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
@@ -107,6 +142,7 @@ fn main() -> anyhow::Result<()> {
             Command::Org {
                 command: OrgCommand::Create { name, store },
             } => create_org(store.load(None)?, &name).await,
+            Command::Plugin { .. } => unreachable!("handled before the runtime starts"),
         }
     })
 }
@@ -180,5 +216,33 @@ async fn create_org(config: Config, name: &str) -> anyhow::Result<()> {
         "{}",
         serde_json::json!({"org_id": org.id, "name": org.name, "admin_user_id": admin.id})
     );
+    Ok(())
+}
+
+/// `herald plugin …`: no store, no async runtime; the plugin runs on this thread.
+fn plugin_command(command: &PluginCommand) -> anyhow::Result<()> {
+    use herald::plugin::cli;
+    let settings = |file: &Option<PathBuf>| -> anyhow::Result<_> {
+        Ok(Config::load(file.as_deref(), &Overrides::default())?.plugins)
+    };
+    let output = match command {
+        PluginCommand::Check { file, config } => cli::check(&settings(config)?, file)?,
+        PluginCommand::Run {
+            file,
+            request,
+            headers,
+            settings: pairs,
+            config_file,
+        } => {
+            let args = cli::RunArgs {
+                file,
+                request,
+                headers: headers.as_deref(),
+                config: pairs,
+            };
+            serde_json::to_value(cli::run(&settings(config_file)?, &args)?)?
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&output)?);
     Ok(())
 }

@@ -9,6 +9,7 @@ mod escalation;
 mod incidents;
 mod live;
 mod messages;
+mod plugins;
 mod robots;
 mod rotations;
 mod users;
@@ -35,6 +36,7 @@ pub fn router(app: AppState) -> Router {
         .merge(escalation::router())
         .merge(dings::router())
         .merge(rotations::router())
+        .merge(plugins::router(&app))
         .merge(docs::router());
     Router::new()
         .route("/healthz", get(healthz))

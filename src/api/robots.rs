@@ -159,6 +159,40 @@ async fn check_policy(
     }
 }
 
+/// A robot of kind `plugin` names one of its org's plugins; no other kind names one.
+async fn check_plugin(
+    app: &AppState,
+    org: crate::ids::OrgId,
+    kind: RobotKind,
+    spec: &RobotSpec,
+) -> Result<(), ApiError> {
+    let config_bytes: usize = spec.config.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if spec.config.len() > 64 || config_bytes > 16 * 1024 {
+        return Err(ApiError::bad_request(
+            "config holds at most 64 keys and 16 KiB in all",
+        ));
+    }
+    match (kind, spec.plugin_id.as_deref()) {
+        (RobotKind::Plugin, None) => Err(ApiError::bad_request(
+            "a robot of kind plugin needs a plugin_id (see GET /api/v1/plugins)",
+        )),
+        (RobotKind::Plugin, Some(id)) => {
+            let missing =
+                || ApiError::bad_request(format!("plugin_id {id:?} names no plugin of this org"));
+            let id: crate::ids::PluginId = id.parse().map_err(|_| missing())?;
+            match app.store.get_plugin(org, id).await {
+                Ok(_) => Ok(()),
+                Err(crate::store::StoreError::NotFound(_)) => Err(missing()),
+                Err(e) => Err(e.into()),
+            }
+        }
+        (_, Some(_)) => Err(ApiError::bad_request(
+            "plugin_id applies to robots of kind plugin only",
+        )),
+        (_, None) => Ok(()),
+    }
+}
+
 /// The secret a new robot gets: DingTalk's `SEC…` for signed custom robots, a random one for
 /// GitHub and GitLab unless given, the given one otherwise.
 fn initial_secret(
@@ -214,6 +248,7 @@ pub(crate) async fn create_robot(
     };
     validate(&spec)?;
     check_policy(&app, caller.org(), &spec).await?;
+    check_plugin(&app, caller.org(), body.kind, &spec).await?;
     let secret = initial_secret(body.kind, spec.security.sign, body.secret)?;
     let robot = app
         .store
@@ -349,6 +384,7 @@ pub(crate) async fn update_robot(
     }
     validate(&robot.spec)?;
     check_policy(&app, caller.org(), &robot.spec).await?;
+    check_plugin(&app, caller.org(), robot.kind, &robot.spec).await?;
     if let Some(secret) = patch.secret {
         robot.secret = initial_secret(robot.kind, robot.spec.security.sign, Some(secret))?;
     } else if robot.kind == RobotKind::Custom && robot.spec.security.sign && robot.secret.is_none()
@@ -430,9 +466,9 @@ pub(crate) async fn set_mentions(
         return Err(ApiError::bad_request("at most 1000 entries per call"));
     }
     for entry in &body.entries {
-        if !["github", "gitlab", "alert"].contains(&entry.source.as_str()) {
+        if !["github", "gitlab", "alert", "plugin"].contains(&entry.source.as_str()) {
             return Err(ApiError::bad_request(format!(
-                "source must be github, gitlab or alert, got {:?}",
+                "source must be github, gitlab, alert or plugin, got {:?}",
                 entry.source
             )));
         }

@@ -1,5 +1,6 @@
 //! `POST /hooks/{kind}/{token}`: webhooks from GitHub, GitLab, Alertmanager, Grafana,
-//! PagerDuty and Slack-format senders. ingress → verify → adapt → render → group → post.
+//! PagerDuty and Slack-format senders, and plugins. ingress → verify → adapt (or plugin) →
+//! render → group → post.
 
 use std::net::SocketAddr;
 
@@ -28,7 +29,6 @@ pub async fn receive(
 ) -> Result<Response, ApiError> {
     let robot = find_robot(&app, &kind, &token).await?;
     let robot_id = robot.id;
-    let kind = robot.kind;
     let raw = RawWebhook::new(robot, headers, parse_query(uri.query()), body, peer.ip());
     let verified = verify(raw, clock::now_ms()).map_err(|e| {
         tracing::info!(robot.id = %robot_id, error = %e, "webhook refused");
@@ -37,17 +37,13 @@ pub async fn receive(
             other => ApiError::Unauthorized(other.to_string()),
         }
     })?;
-    let adapted = adapt::adapt(&verified).map_err(|e| {
-        tracing::info!(robot.id = %robot_id, error = %e, "webhook not understood");
-        match e {
-            AdaptError::UnsupportedMediaType(m) => ApiError::UnsupportedMediaType(m),
-            AdaptError::BadPayload(m) if kind == RobotKind::Pagerduty => ApiError::InvalidEvent(m),
-            other => ApiError::BadRequest(other.to_string()),
-        }
-    })?;
+    let (events, reply) = match verified.robot.kind {
+        RobotKind::Plugin => super::plugin::run(&app, &verified, uri.path()).await?,
+        _ => builtin(&verified)?,
+    };
     let mut posted = 0;
     let mut skipped = Vec::new();
-    for event in &adapted.events {
+    for event in &events {
         let was_posted = deliver(&app, &verified, event).await?;
         app.robot_stats.count(robot_id, &event.event, was_posted);
         match was_posted {
@@ -58,16 +54,34 @@ pub async fn receive(
     if !skipped.is_empty() {
         tracing::debug!(robot.id = %robot_id, events = ?skipped, "events not rendered");
     }
-    Ok(match adapted.reply {
-        Some(reply) => {
-            let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
-            (status, axum::Json(reply.body)).into_response()
-        }
+    Ok(match reply {
+        Some(reply) => reply,
         None => {
             axum::Json(json!({"errcode": 0, "errmsg": "ok", "posted": posted, "skipped": skipped}))
                 .into_response()
         }
     })
+}
+
+/// The built-in adapter of the robot's kind: its events and its direct reply, if any.
+fn builtin(
+    verified: &RawWebhook<Verified>,
+) -> Result<(Vec<Normalized>, Option<Response>), ApiError> {
+    let adapted = adapt::adapt(verified).map_err(|e| {
+        tracing::info!(robot.id = %verified.robot.id, error = %e, "webhook not understood");
+        match e {
+            AdaptError::UnsupportedMediaType(m) => ApiError::UnsupportedMediaType(m),
+            AdaptError::BadPayload(m) if verified.robot.kind == RobotKind::Pagerduty => {
+                ApiError::InvalidEvent(m)
+            }
+            other => ApiError::BadRequest(other.to_string()),
+        }
+    })?;
+    let reply = adapted.reply.map(|reply| {
+        let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+        (status, axum::Json(reply.body)).into_response()
+    });
+    Ok((adapted.events, reply))
 }
 
 async fn find_robot(app: &AppState, kind: &str, token: &str) -> Result<Robot, ApiError> {

@@ -7,6 +7,7 @@
 pub mod burst;
 mod dingtalk;
 mod hooks;
+mod plugin;
 pub mod post;
 pub mod stats;
 

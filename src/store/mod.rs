@@ -8,6 +8,7 @@
 mod alerts;
 mod bots;
 mod bursts;
+mod plugins;
 mod postgres;
 mod robot_state;
 mod robots;
@@ -29,6 +30,7 @@ use crate::model::{
 pub use alerts::*;
 pub use bots::*;
 pub use bursts::{BurstEvent, BurstStore, DueBurst};
+pub use plugins::{NewPlugin, PluginRecord, PluginStore};
 pub use postgres::PgStore;
 pub use robot_state::{RobotStateStore, StatDelta};
 pub use robots::{MentionEntry, RobotStore};
@@ -208,7 +210,14 @@ pub struct Page<T> {
 /// herald's storage: one narrow trait per area, each implemented by both backends.
 /// Add an area by adding its trait to this list.
 pub trait Store:
-    CoreStore + BotStore + DeliveryStore + RobotStore + RobotStateStore + BurstStore + AlertStore
+    CoreStore
+    + BotStore
+    + DeliveryStore
+    + RobotStore
+    + RobotStateStore
+    + BurstStore
+    + AlertStore
+    + PluginStore
 {
 }
 
@@ -220,6 +229,7 @@ impl<T> Store for T where
         + RobotStateStore
         + BurstStore
         + AlertStore
+        + PluginStore
 {
 }
 

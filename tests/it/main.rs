@@ -16,5 +16,8 @@ mod bursts;
 mod crash;
 mod isolation;
 mod live;
+mod plugins;
+mod plugins_c;
 mod robots;
 mod story;
+mod wasm;

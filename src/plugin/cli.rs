@@ -1,0 +1,84 @@
+//! `herald plugin check|run`: the author's loop without a server. The same runtime, limits and
+//! world checks as the server, with nothing cached on disk.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+
+use super::{HostState, PluginOutput, PluginRequest, Runtime};
+use crate::config::PluginsConfig;
+
+/// Validates a component file; its world, sha256 and size as JSON.
+pub fn check(settings: &PluginsConfig, file: &Path) -> anyhow::Result<serde_json::Value> {
+    let runtime = Runtime::new(settings, None)?;
+    let wasm = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let compiled = runtime.compile(&wasm)?;
+    Ok(serde_json::json!({
+        "world": compiled.world,
+        "sha256": compiled.sha256,
+        "size": compiled.size,
+    }))
+}
+
+/// What `plugin run` was given.
+pub struct RunArgs<'a> {
+    pub file: &'a Path,
+    pub request: &'a Path,
+    pub headers: Option<&'a Path>,
+    /// `key=value` pairs, as the robot's config.
+    pub config: &'a [String],
+}
+
+/// Runs a component on a fixture, as `POST /hooks/plugin/{token}` would.
+pub fn run(settings: &PluginsConfig, args: &RunArgs<'_>) -> anyhow::Result<PluginOutput> {
+    let runtime = Runtime::new(settings, None)?;
+    let wasm =
+        std::fs::read(args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let compiled = runtime.compile(&wasm)?;
+    let body = std::fs::read(args.request)
+        .with_context(|| format!("reading {}", args.request.display()))?;
+    let request = PluginRequest {
+        method: "POST".into(),
+        path: "/hooks/plugin/cli".into(),
+        query: Vec::new(),
+        headers: headers(args.headers)?,
+        body: body.into(),
+    };
+    let state = HostState::new(args.file.display().to_string(), config(args.config)?);
+    Ok(runtime.call(&compiled, state, &request)?)
+}
+
+/// The headers file (an object of name → value), names lower-cased; JSON content by default.
+fn headers(file: Option<&Path>) -> anyhow::Result<Vec<(String, String)>> {
+    let mut headers: Vec<(String, String)> = match file {
+        None => Vec::new(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let map: BTreeMap<String, String> = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{}: expected an object of header name → string value",
+                    path.display()
+                )
+            })?;
+            map.into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect()
+        }
+    };
+    if !headers.iter().any(|(k, _)| k == "content-type") {
+        headers.push(("content-type".into(), "application/json".into()));
+    }
+    Ok(headers)
+}
+
+fn config(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => bail!("--config takes key=value, got {pair:?}"),
+        })
+        .collect()
+}

@@ -1,0 +1,258 @@
+//! The sandbox: one wasmtime `Engine` with the pooling allocator and epoch interruption, a
+//! ticker thread that advances the epoch, and the two operations on components: `compile`
+//! (validate against a supported world, then pre-instantiate) and `call` (a fresh `Store` per
+//! call, bounded by a deadline and a memory cap). Both block: callers run them on blocking
+//! threads, never on the async runtime.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    Trap,
+};
+
+use super::cache::{hex, DiskCache};
+use super::{v0_1, HostState, PluginError, PluginOutput, PluginRequest};
+use crate::config::PluginsConfig;
+
+/// How often the ticker advances the epoch: the deadline's resolution.
+const TICK: Duration = Duration::from_millis(10);
+
+/// Table elements a plugin may grow to (C function-pointer tables are tiny).
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// A component that passed validation, pre-instantiated for its world.
+pub struct Compiled {
+    pub pre: v0_1::AdapterPre<HostState>,
+    pub world: &'static str,
+    pub sha256: String,
+    pub size: usize,
+}
+
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: DiskCache,
+    deadline_ticks: u64,
+    pub deadline_ms: u64,
+    pub memory_bytes: usize,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    /// Builds the engine and starts the epoch ticker. `cache_dir: None` keeps nothing on disk.
+    pub fn new(
+        settings: &PluginsConfig,
+        cache_dir: Option<std::path::PathBuf>,
+    ) -> anyhow::Result<Runtime> {
+        let memory_bytes = settings.memory_mib as usize * 1024 * 1024;
+        let engine = Engine::new(&engine_config(settings, memory_bytes))
+            .map_err(|e| anyhow::anyhow!("plugin engine: {e}"))?;
+        let mut linker = Linker::new(&engine);
+        v0_1::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("plugin linker: {e}"))?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        spawn_ticker(engine.clone(), ticker_stop.clone())?;
+        Ok(Runtime {
+            cache: DiskCache::new(cache_dir, &engine),
+            deadline_ticks: settings.deadline_ms.div_ceil(TICK.as_millis() as u64) + 1,
+            deadline_ms: settings.deadline_ms,
+            memory_bytes,
+            engine,
+            linker,
+            ticker_stop,
+        })
+    }
+
+    /// Validates `wasm` as an adapter plugin and prepares it for calls.
+    pub fn compile(&self, wasm: &[u8]) -> Result<Compiled, PluginError> {
+        match wasm.get(..8) {
+            Some(b"\0asm\x0d\0\x01\0") => {}
+            Some(b"\0asm\x01\0\0\0") => {
+                return Err(PluginError::Invalid(
+                    "this is a core WebAssembly module, not a component: wrap it with \
+                     `wasm-tools component new` (see README, WASM plugins)"
+                        .into(),
+                ))
+            }
+            _ => {
+                return Err(PluginError::Invalid(
+                    "not a WebAssembly component (the body must start with \\0asm and the \
+                     component layer)"
+                        .into(),
+                ))
+            }
+        }
+        let sha256 = hex(&Sha256::digest(wasm));
+        let component = self
+            .cache
+            .component(&self.engine, wasm, &sha256)
+            .map_err(|e| PluginError::Invalid(format!("not a valid component: {e}")))?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PluginError::Invalid(self.import_problem(&component, e)))?;
+        let pre = v0_1::AdapterPre::new(instance_pre).map_err(|e| {
+            PluginError::Invalid(format!(
+                "the component does not implement the world {}: {e}",
+                v0_1::WORLD
+            ))
+        })?;
+        let compiled = Compiled {
+            pre,
+            world: v0_1::WORLD,
+            sha256,
+            size: wasm.len(),
+        };
+        self.instantiate(&compiled).map_err(|e| match e {
+            PluginError::Memory(_) | PluginError::Trap(_) | PluginError::Deadline(_) => {
+                PluginError::Invalid(format!("the component cannot start: {e}"))
+            }
+            other => other,
+        })?;
+        Ok(compiled)
+    }
+
+    /// Instantiates a plugin without calling it, within the same limits as a call: at upload
+    /// this refuses a component that cannot start (too much initial memory, a trapping start
+    /// function); the benchmark measures it.
+    pub fn instantiate(&self, compiled: &Compiled) -> Result<(), PluginError> {
+        let mut store = Store::new(&self.engine, HostState::new("probe", Default::default()));
+        store.data_mut().limits.max_memory = self.memory_bytes;
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(self.deadline_ticks);
+        match compiled.pre.instantiate(&mut store) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.classify(e, store.data())),
+        }
+    }
+
+    /// Explains a failed link: the imports herald does not provide, by name.
+    fn import_problem(&self, component: &Component, e: wasmtime::Error) -> String {
+        let ty = component.component_type();
+        let foreign: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .filter(|name| !name.starts_with("herald:adapter/"))
+            .collect();
+        if foreign.is_empty() {
+            format!("the component's imports do not match {}: {e}", v0_1::WORLD)
+        } else {
+            format!(
+                "the component imports {}, which herald does not provide: plugins get only \
+                 herald:adapter/host@0.1.0 (no WASI, files or network)",
+                foreign.join(", ")
+            )
+        }
+    }
+
+    /// Runs `handle` in a fresh instance, within the deadline and the memory cap.
+    pub fn call(
+        &self,
+        compiled: &Compiled,
+        state: HostState,
+        request: &PluginRequest,
+    ) -> Result<PluginOutput, PluginError> {
+        let mut store = Store::new(&self.engine, state);
+        store.data_mut().limits.max_memory = self.memory_bytes;
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(self.deadline_ticks);
+        let request = request.into();
+        let result = compiled
+            .pre
+            .instantiate(&mut store)
+            .and_then(|adapter| adapter.call_handle(&mut store, &request));
+        match result {
+            Ok(result) => v0_1::output(result),
+            Err(e) => Err(self.classify(e, store.data())),
+        }
+    }
+
+    /// Names what went wrong inside the sandbox.
+    fn classify(&self, e: wasmtime::Error, state: &HostState) -> PluginError {
+        if state.limits.hit {
+            return PluginError::Memory(self.memory_bytes / (1024 * 1024));
+        }
+        if e.is::<wasmtime::PoolConcurrencyLimitError>() {
+            return PluginError::Busy;
+        }
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => PluginError::Deadline(self.deadline_ms),
+            Some(trap) => PluginError::Trap(trap.to_string()),
+            None => PluginError::Trap(format!("{e}")),
+        }
+    }
+}
+
+fn engine_config(settings: &PluginsConfig, memory_bytes: usize) -> Config {
+    let instances = settings.max_concurrent_calls.max(1);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(instances)
+        .total_core_instances(instances * 8)
+        .total_memories(instances * 2)
+        .total_tables(instances * 4)
+        .max_memory_size(memory_bytes)
+        .max_memories_per_component(4)
+        .max_tables_per_component(8);
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(512 * 1024)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+/// Advances the engine's epoch every `TICK` until the runtime is dropped.
+fn spawn_ticker(engine: Engine, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("plugin-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(TICK);
+                engine.increment_epoch();
+            }
+        })?;
+    Ok(())
+}
+
+/// The per-call memory cap. A grow past it traps (instead of returning -1 to a guest that
+/// may not check) and is remembered, so the error names the cap.
+#[derive(Debug, Default)]
+pub struct Limits {
+    pub max_memory: usize,
+    pub hit: bool,
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_memory {
+            self.hit = true;
+            wasmtime::bail!("memory limit of {} bytes reached", self.max_memory);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
