@@ -7,6 +7,8 @@
 
 mod alerts;
 mod bots;
+mod dings;
+mod oncall;
 mod postgres;
 mod robots;
 mod shared;
@@ -26,6 +28,8 @@ use crate::model::{
 
 pub use alerts::*;
 pub use bots::*;
+pub use dings::*;
+pub use oncall::*;
 pub use postgres::PgStore;
 pub use robots::{MentionEntry, RobotStore};
 pub use sqlite::SqliteStore;
@@ -182,9 +186,10 @@ pub struct Page<T> {
 
 /// herald's storage: one narrow trait per area, each implemented by both backends.
 /// Add an area by adding its trait to this list.
-pub trait Store: CoreStore + BotStore + RobotStore + AlertStore {}
+pub trait Store: CoreStore + BotStore + RobotStore + AlertStore + DingStore + OnCallStore {}
 
-impl<T: CoreStore + BotStore + RobotStore + AlertStore> Store for T {}
+impl<T> Store for T where T: CoreStore + BotStore + RobotStore + AlertStore + DingStore + OnCallStore
+{}
 
 /// The core: tenancy, people, conversations, messages, the task queue and the inboxes.
 /// Every method that takes an `OrgId` only ever sees that org's rows.
