@@ -126,9 +126,9 @@ pub trait DingStore: Send + Sync {
 /// Queue keys of DING tasks start here, far above any conversation id.
 pub const DING_QUEUE_BASE: i64 = 1 << 60;
 
-/// The queue (pseudo-conversation) of a DING's event task: its first recipient's.
-pub fn ding_queue(recipients: &[UserId]) -> ConversationId {
-    ConversationId(DING_QUEUE_BASE + recipients.first().map_or(0, |u| u.0))
+/// The queue key (pseudo-conversation) of a DING's event task: its own.
+pub fn ding_queue(ding: DingId) -> ConversationId {
+    ConversationId(DING_QUEUE_BASE + ding.0)
 }
 
 /// The `ding` event's details: what a client shows and where it confirms.
@@ -201,10 +201,10 @@ macro_rules! ding_store_impl {
                         .execute(&mut **tx)
                         .await?;
                 }
-                // DINGs are about people, not a conversation: the task's queue is a per-recipient
-                // pseudo-conversation with no members, so the fanout writes the event to the
-                // recipients only, one recipient's DINGs stay in order, and different
-                // recipients' DINGs do not wait behind each other.
+                // DINGs are about people, not a conversation: the task's queue key is the DING's
+                // own pseudo-conversation with no members, so the fanout writes the event to the
+                // recipients only and no DING waits behind another (each recipient's stream
+                // still orders them by pts).
                 let event: i64 = sqlx::query_scalar(
                     "INSERT INTO conv_events (conversation_id, kind, details, created_at) \
                      VALUES (0, $1, $2, $3) RETURNING id",
@@ -215,7 +215,7 @@ macro_rules! ding_store_impl {
                 .fetch_one(&mut **tx)
                 .await?;
                 let task = Task::Announce {
-                    conversation_id: ding_queue(&recipients),
+                    conversation_id: ding_queue(DingId(id)),
                     kind: EventKind::Ding,
                     ref_id: event,
                     also_notify: recipients.clone(),
