@@ -467,10 +467,12 @@ impl Event {
         let mut obj = serde_json::Map::new();
         obj.insert("pts".into(), self.pts.into());
         obj.insert("type".into(), self.kind.name().into());
-        obj.insert(
-            "conversation_id".into(),
-            self.conversation_id.to_string().into(),
-        );
+        // A DING is about people, not a conversation (its queue key is not one).
+        let conversation = match self.kind {
+            EventKind::Ding => ConversationId(0),
+            _ => self.conversation_id,
+        };
+        obj.insert("conversation_id".into(), conversation.to_string().into());
         if let Some(m) = &self.message {
             obj.insert("message_id".into(), m.id.to_string().into());
             obj.insert("message".into(), m.to_json());

@@ -26,11 +26,18 @@ const POLL: Duration = Duration::from_secs(1);
 /// Writes a DING and wakes the fanout and the provider sender.
 pub async fn send(app: &AppState, ding: &NewDing) -> Result<(DingId, Vec<UserId>), StoreError> {
     let created = app.store.create_ding(ding).await?;
-    app.lanes.poke(ConversationId(0));
+    wake_lanes(app);
     if ding.channel.needs_provider() {
         app.alerts.notify.notify_one();
     }
     Ok(created)
+}
+
+/// Wakes every fanout lane: DING tasks are queued per recipient.
+pub fn wake_lanes(app: &AppState) {
+    for lane in 0..app.lanes.count() {
+        app.lanes.poke(ConversationId(lane as i64));
+    }
 }
 
 /// A resolved incident tells everyone a DING about it reached.

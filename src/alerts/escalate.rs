@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::incident::{Incident, State};
 use super::policy::{Channel, Policy, Step};
-use crate::ids::{ConversationId, MessageId, UserId};
+use crate::ids::{MessageId, UserId};
 use crate::model::{At, Content, Sender, SenderKind, Text};
 use crate::store::{
     Effects, MessageRecord, NewDing, NewTimelineEntry, NextTimer, StoreError, Timer, TimerKind,
@@ -77,7 +77,7 @@ async fn run_round(app: &AppState) -> Result<usize, StoreError> {
         .collect()
         .await;
     if fired.iter().any(|f| *f) {
-        app.lanes.poke(ConversationId(0));
+        super::ding::wake_lanes(app);
         app.alerts.notify.notify_one();
     }
     Ok(claimed)

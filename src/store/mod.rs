@@ -8,6 +8,8 @@
 mod alerts;
 mod bots;
 mod bursts;
+mod dings;
+mod oncall;
 mod plugins;
 mod postgres;
 mod robot_state;
@@ -30,6 +32,8 @@ use crate::model::{
 pub use alerts::*;
 pub use bots::*;
 pub use bursts::{BurstEvent, BurstStore, DueBurst};
+pub use dings::*;
+pub use oncall::*;
 pub use plugins::{NewPlugin, PluginRecord, PluginStore};
 pub use postgres::PgStore;
 pub use robot_state::{RobotStateStore, StatDelta};
@@ -217,6 +221,8 @@ pub trait Store:
     + RobotStateStore
     + BurstStore
     + AlertStore
+    + DingStore
+    + OnCallStore
     + PluginStore
 {
 }
@@ -229,6 +235,8 @@ impl<T> Store for T where
         + RobotStateStore
         + BurstStore
         + AlertStore
+        + DingStore
+        + OnCallStore
         + PluginStore
 {
 }

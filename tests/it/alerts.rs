@@ -606,6 +606,10 @@ async fn dings_reach_recipients_and_record_confirmations(backend: Backend) {
     assert_eq!(frame.data["ding"]["id"], id.as_str());
     let got = wait_dings(&server, &users[1].1, 1, Duration::from_secs(20)).await;
     assert_eq!(got[0]["ding"]["id"], id.as_str());
+    assert_eq!(
+        got[0]["conversation_id"], "0",
+        "a DING is about people, not a conversation"
+    );
     assert_eq!(got[0]["ding"]["text"], "call me now");
     assert_eq!(got[0]["ding"]["sender"]["id"], users[0].0.as_str());
     assert!(
