@@ -16,34 +16,13 @@ pub async fn fan_out(app: &AppState, queued: &QueuedTask) -> Result<(), StoreErr
     let plan = Plan::of(&queued.task);
     let members = app.store.member_count(plan.conversation_id()).await?;
     let chunks = chunk_count(members, app.config.fanout.chunk_size);
-    let generation = app.hub.generation();
-    let listening = app.hub.has_listeners();
-    let job = |chunk: u32| ChunkJob {
-        task_id: queued.id,
-        kind: plan.kind,
-        conversation_id: plan.conversation_id(),
-        ref_id: plan.ref_id,
-        new_message: plan.message,
-        chunk,
-        chunks,
-        also_notify: plan.also_notify,
-        want_recipients: listening,
-        now_ms: clock::now_ms(),
-    };
-    let wake = |job: &ChunkJob<'_>, outcome: &ChunkOutcome| {
-        if let Some(event) = plan.event(job.now_ms) {
-            app.hub.remember(&Arc::new(event), &outcome.member_pts);
-        }
-        app.hub.wake(&outcome.recipients);
-        if !listening {
-            app.hub.wake_if_subscribed_since(generation);
-        }
-    };
+    let waker = Waker::new(app);
+    let job = |chunk: u32| plan.job(queued.id, chunk, chunks, waker.listening);
     // Chunk 0 may have queued bot deliveries (see `outgoing`).
     if chunks == 1 {
         let job = job(0);
         let outcome = app.store.fan_out_chunk(&job).await?;
-        wake(&job, &outcome);
+        waker.wake(&plan, &job, &outcome);
         app.outgoing.wake.notify_one();
         return Ok(());
     }
@@ -51,9 +30,10 @@ pub async fn fan_out(app: &AppState, queued: &QueuedTask) -> Result<(), StoreErr
     stream::iter(0..chunks)
         .map(|chunk| {
             let job = job(chunk);
+            let (plan, waker) = (&plan, &waker);
             async move {
                 let outcome = app.store.fan_out_chunk(&job).await?;
-                wake(&job, &outcome);
+                waker.wake(plan, &job, &outcome);
                 Ok::<_, StoreError>(())
             }
         })
@@ -62,6 +42,65 @@ pub async fn fan_out(app: &AppState, queued: &QueuedTask) -> Result<(), StoreErr
         .await?;
     app.outgoing.wake.notify_one();
     app.store.complete_task(queued.id).await
+}
+
+/// Whether a task can share a transaction with others: a new message to a group small enough
+/// to be written in one chunk. Everything else keeps its own transaction(s).
+pub fn batchable(app: &AppState, queued: &QueuedTask) -> bool {
+    matches!(queued.task, Task::Post { .. })
+        && queued.members <= i64::from(app.config.fanout.chunk_size)
+}
+
+/// Fans out several batchable tasks (in queue order) in one transaction: one commit, and one
+/// set of statements, for a burst of webhooks instead of one each. All or nothing; on error
+/// the caller runs them one by one.
+pub async fn fan_out_batch(app: &AppState, batch: &[&QueuedTask]) -> Result<(), StoreError> {
+    if let [single] = batch {
+        return fan_out(app, single).await;
+    }
+    let waker = Waker::new(app);
+    let plans: Vec<Plan> = batch.iter().map(|queued| Plan::of(&queued.task)).collect();
+    let jobs: Vec<ChunkJob> = batch
+        .iter()
+        .zip(&plans)
+        .map(|(queued, plan)| plan.job(queued.id, 0, 1, waker.listening))
+        .collect();
+    let outcomes = app.store.fan_out_batch(&jobs).await?;
+    tracing::debug!(tasks = jobs.len(), "fanned out a batch");
+    for ((plan, job), outcome) in plans.iter().zip(&jobs).zip(&outcomes) {
+        waker.wake(plan, job, outcome);
+    }
+    app.outgoing.wake.notify_one();
+    Ok(())
+}
+
+/// Wakes live connections after a commit. Taken before the write, so a connection that
+/// subscribes while the write runs is woken too.
+struct Waker<'a> {
+    app: &'a AppState,
+    generation: u64,
+    listening: bool,
+}
+
+impl<'a> Waker<'a> {
+    fn new(app: &'a AppState) -> Waker<'a> {
+        Waker {
+            app,
+            generation: app.hub.generation(),
+            listening: app.hub.has_listeners(),
+        }
+    }
+
+    fn wake(&self, plan: &Plan<'_>, job: &ChunkJob<'_>, outcome: &ChunkOutcome) {
+        let hub = &self.app.hub;
+        if let Some(event) = plan.event(job.now_ms) {
+            hub.remember(&Arc::new(event), &outcome.member_pts);
+        }
+        hub.wake(&outcome.recipients);
+        if !self.listening {
+            hub.wake_if_subscribed_since(self.generation);
+        }
+    }
 }
 
 /// How many chunks a group of `members` is written in.
@@ -106,6 +145,21 @@ impl<'a> Plan<'a> {
 
     fn conversation_id(&self) -> crate::ids::ConversationId {
         self.conversation
+    }
+
+    fn job(&self, task_id: i64, chunk: u32, chunks: u32, want_recipients: bool) -> ChunkJob<'a> {
+        ChunkJob {
+            task_id,
+            kind: self.kind,
+            conversation_id: self.conversation,
+            ref_id: self.ref_id,
+            new_message: self.message,
+            chunk,
+            chunks,
+            also_notify: self.also_notify,
+            want_recipients,
+            now_ms: clock::now_ms(),
+        }
     }
 
     /// The event as a member's stream shows it, for a new message (other events carry stored

@@ -135,6 +135,8 @@ pub struct QueuedTask {
     pub task: Task,
     pub attempts: i64,
     pub run_at_ms: i64,
+    /// The conversation's member count when claimed (decides whether it can be batched).
+    pub members: i64,
 }
 
 /// A message in the task payload: the serializable form of `Message`.
@@ -322,6 +324,9 @@ pub trait CoreStore: Send + Sync + 'static {
     async fn claim_tasks(&self, lane: u32, lanes: u32, limit: i64) -> Result<Vec<QueuedTask>>;
     /// Writes one chunk of a fanout in one transaction: pts allocation and inbox rows together.
     async fn fan_out_chunk(&self, job: &ChunkJob<'_>) -> Result<ChunkOutcome>;
+    /// Writes several single-chunk `message.created` jobs (in queue order) in one transaction,
+    /// each as `fan_out_chunk` would; the outcomes line up with `jobs`.
+    async fn fan_out_batch(&self, jobs: &[ChunkJob<'_>]) -> Result<Vec<ChunkOutcome>>;
     /// Removes a finished multi-chunk task and its progress marks.
     async fn complete_task(&self, task_id: i64) -> Result<()>;
     /// Puts a failed task back for a later attempt, or aside after too many.
@@ -403,4 +408,49 @@ pub(crate) fn strings_json(values: &[String]) -> String {
 pub(crate) fn ids_json(ids: &[UserId]) -> String {
     let raw: Vec<i64> = ids.iter().map(|u| u.0).collect();
     serde_json::to_string(&raw).unwrap_or_else(|_| "[]".into())
+}
+
+/// A batch of fanout jobs as the JSON rows both backends' batch statements read:
+/// `[queue order, conversation, task, event kind, ref id]`.
+pub(crate) fn batch_rows_json(jobs: &[&ChunkJob<'_>]) -> String {
+    let rows: Vec<[i64; 5]> = jobs
+        .iter()
+        .enumerate()
+        .map(|(seq, j)| {
+            [
+                seq as i64,
+                j.conversation_id.0,
+                j.task_id,
+                j.kind.code(),
+                j.ref_id,
+            ]
+        })
+        .collect();
+    serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into())
+}
+
+/// Splits a batch's written `(user, pts, ref id)` rows back into one outcome per job (a batch
+/// holds new messages only, so the ref id, the message id, names the job).
+pub(crate) fn batch_outcomes(
+    jobs: &[ChunkJob<'_>],
+    live: &std::collections::HashSet<i64>,
+    written: Vec<(i64, i64, i64)>,
+) -> Vec<ChunkOutcome> {
+    let mut by_ref: std::collections::HashMap<i64, Vec<(UserId, i64)>> = Default::default();
+    for (user, pts, ref_id) in written {
+        by_ref.entry(ref_id).or_default().push((UserId(user), pts));
+    }
+    jobs.iter()
+        .map(|job| {
+            if !live.contains(&job.task_id) {
+                return ChunkOutcome::default();
+            }
+            let member_pts = by_ref.remove(&job.ref_id).unwrap_or_default();
+            ChunkOutcome {
+                applied: true,
+                recipients: member_pts.iter().map(|(user, _)| *user).collect(),
+                member_pts,
+            }
+        })
+        .collect()
 }

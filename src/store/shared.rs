@@ -74,6 +74,7 @@ macro_rules! shared_store_impl {
                         .map_err(|e| anyhow::anyhow!("task payload: {e}"))?,
                     attempts: row.try_get("attempts")?,
                     run_at_ms: row.try_get("run_at")?,
+                    members: row.try_get::<Option<i64>, _>("members")?.unwrap_or(0),
                 })
             }
 
@@ -294,6 +295,40 @@ macro_rules! shared_store_impl {
                     Self::enqueue_bot_events_tx(tx, job).await?;
                 }
                 Ok(affected == 1)
+            }
+
+            /// A batch's `claim_chunk_tx`: deletes the task rows and queues outgoing-bot events
+            /// for the tasks it deleted; returns their ids (the tasks this run owns).
+            async fn claim_batch_tx(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                jobs: &[ChunkJob<'_>],
+            ) -> Result<std::collections::HashSet<i64>> {
+                let task_ids: Vec<i64> = jobs.iter().map(|j| j.task_id).collect();
+                let live: std::collections::HashSet<i64> = sqlx::query_scalar(&format!(
+                    "DELETE FROM tasks WHERE id IN ({}) RETURNING id",
+                    Self::ids_from("$1")
+                ))
+                .bind(serde_json::to_string(&task_ids).map_err(anyhow::Error::from)?)
+                .fetch_all(&mut **tx)
+                .await?
+                .into_iter()
+                .collect();
+                let conversations: Vec<i64> = jobs.iter().map(|j| j.conversation_id.0).collect();
+                let with_bots: std::collections::HashSet<i64> = sqlx::query_scalar(&format!(
+                    "SELECT DISTINCT conversation_id FROM bot_installs WHERE conversation_id IN ({})",
+                    Self::ids_from("$1")
+                ))
+                .bind(serde_json::to_string(&conversations).map_err(anyhow::Error::from)?)
+                .fetch_all(&mut **tx)
+                .await?
+                .into_iter()
+                .collect();
+                for job in jobs {
+                    if live.contains(&job.task_id) && with_bots.contains(&job.conversation_id.0) {
+                        Self::enqueue_bot_events_tx(tx, job).await?;
+                    }
+                }
+                Ok(live)
             }
 
             /// Inserts the message of a `Post` task unless an earlier run already did.
@@ -896,6 +931,10 @@ macro_rules! shared_store_impl {
 
             async fn fan_out_chunk(&self, job: &ChunkJob<'_>) -> Result<ChunkOutcome> {
                 self.fan_out_chunk_impl(job).await
+            }
+
+            async fn fan_out_batch(&self, jobs: &[ChunkJob<'_>]) -> Result<Vec<ChunkOutcome>> {
+                self.fan_out_batch_impl(jobs).await
             }
 
             async fn watch_inbox(&self) -> Result<Option<tokio::sync::mpsc::Receiver<InboxChange>>> {
