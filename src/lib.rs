@@ -73,6 +73,7 @@ pub struct Shared {
     pub robot_limiter: ratelimit::RobotLimiter,
     /// What each robot's sender delivered: posted and skipped events.
     pub robot_stats: ingress::stats::Counters,
+    pub known_robots: ingress::known::KnownRobots,
     /// Wakes the burst flusher when a burst starts.
     pub burst_bell: tokio::sync::Notify,
     /// Alerts: escalation and provider wake-ups, the card-button key.
@@ -114,6 +115,7 @@ impl AppState {
             robot_limiter: ratelimit::RobotLimiter::default(),
             alerts: alerts::Alerts::new(signing_key),
             robot_stats: ingress::stats::Counters::default(),
+            known_robots: ingress::known::KnownRobots::default(),
             burst_bell: tokio::sync::Notify::new(),
             plugins: plugin::Plugins::new(
                 config.plugins.clone(),

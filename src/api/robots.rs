@@ -392,6 +392,7 @@ pub(crate) async fn update_robot(
         robot.secret = Some(robot::new_dingtalk_secret());
     }
     app.store.save_robot(&robot).await?;
+    app.known_robots.forget_all();
     Ok(Json(RobotView::of(&app, robot, false).await?))
 }
 
@@ -405,6 +406,7 @@ pub(crate) async fn delete_robot(
     Path(id): Path<RobotId>,
 ) -> Result<StatusCode, ApiError> {
     app.store.delete_robot(caller.org(), id).await?;
+    app.known_robots.forget_all();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -433,6 +435,7 @@ pub(crate) async fn rotate_robot(
             .or_else(|| Some(robot::new_shared_secret()));
     }
     app.store.save_robot(&robot).await?;
+    app.known_robots.forget_all();
     Ok(Json(RobotView::of(&app, robot, true).await?))
 }
 

@@ -75,7 +75,7 @@ pub async fn send(
     let Some(token) = query.get("access_token").filter(|t| !t.is_empty()).cloned() else {
         return reply(codes::TOKEN_NOT_EXIST, "token is not exist");
     };
-    let robot = match app.store.robot_by_token(&token).await {
+    let robot = match app.known_robots.by_token(app.store.as_ref(), &token).await {
         Ok(Some(robot)) if robot.kind == RobotKind::Custom => robot,
         Ok(_) => return reply(codes::TOKEN_NOT_EXIST, "token is not exist"),
         Err(e) => {

@@ -86,7 +86,7 @@ fn builtin(
 
 async fn find_robot(app: &AppState, kind: &str, token: &str) -> Result<Robot, ApiError> {
     let kind = RobotKind::parse(kind).filter(|k| *k != RobotKind::Custom);
-    let robot = app.store.robot_by_token(token).await?;
+    let robot = app.known_robots.by_token(app.store.as_ref(), token).await?;
     match (kind, robot) {
         (Some(kind), Some(robot)) if robot.kind == kind => Ok(robot),
         _ => Err(ApiError::NotFound("robot")),

@@ -7,6 +7,7 @@
 pub mod burst;
 mod dingtalk;
 mod hooks;
+pub mod known;
 mod plugin;
 pub mod post;
 pub mod stats;
