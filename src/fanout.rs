@@ -14,10 +14,16 @@ use crate::{clock, AppState};
 /// Processes one queued task. Safe to run again after a crash at any point.
 pub async fn fan_out(app: &AppState, queued: &QueuedTask) -> Result<(), StoreError> {
     let plan = Plan::of(&queued.task);
-    let members = app.store.member_count(plan.conversation_id()).await?;
-    let chunks = chunk_count(members, app.config.fanout.chunk_size);
+    let bounds = chunk_bounds(app, queued, plan.conversation_id()).await?;
+    let chunks = bounds.len() as u32 + 1;
     let waker = Waker::new(app);
-    let job = |chunk: u32| plan.job(queued.id, chunk, chunks, waker.listening);
+    let job = |chunk: u32| {
+        let first = chunk
+            .checked_sub(1)
+            .map_or(i64::MIN, |i| bounds[i as usize]);
+        let end = bounds.get(chunk as usize).copied().unwrap_or(i64::MAX);
+        plan.job(queued.id, (chunk, chunks), (first, end), waker.listening)
+    };
     // Chunk 0 may have queued bot deliveries (see `outgoing`).
     if chunks == 1 {
         let job = job(0);
@@ -48,6 +54,7 @@ pub async fn fan_out(app: &AppState, queued: &QueuedTask) -> Result<(), StoreErr
 /// to be written in one chunk. Everything else keeps its own transaction(s).
 pub fn batchable(app: &AppState, queued: &QueuedTask) -> bool {
     matches!(queued.task, Task::Post { .. })
+        && !queued.planned
         && queued.members <= i64::from(app.config.fanout.chunk_size)
 }
 
@@ -63,7 +70,7 @@ pub async fn fan_out_batch(app: &AppState, batch: &[&QueuedTask]) -> Result<(), 
     let jobs: Vec<ChunkJob> = batch
         .iter()
         .zip(&plans)
-        .map(|(queued, plan)| plan.job(queued.id, 0, 1, waker.listening))
+        .map(|(queued, plan)| plan.job(queued.id, (0, 1), (i64::MIN, i64::MAX), waker.listening))
         .collect();
     let outcomes = app.store.fan_out_batch(&jobs).await?;
     tracing::debug!(tasks = jobs.len(), "fanned out a batch");
@@ -103,10 +110,18 @@ impl<'a> Waker<'a> {
     }
 }
 
-/// How many chunks a group of `members` is written in.
-pub fn chunk_count(members: i64, chunk_size: u32) -> u32 {
-    let size = i64::from(chunk_size.max(1));
-    ((members + size - 1) / size).clamp(1, 4096) as u32
+/// Where a task's chunks start: none for a group that fits one chunk, else the plan its
+/// first run stored (a task keeps its split even if the group shrinks or grows meanwhile).
+async fn chunk_bounds(
+    app: &AppState,
+    queued: &QueuedTask,
+    conversation: crate::ids::ConversationId,
+) -> Result<Vec<i64>, StoreError> {
+    let size = app.config.fanout.chunk_size;
+    if !queued.planned && app.store.member_count(conversation).await? <= i64::from(size) {
+        return Ok(Vec::new());
+    }
+    app.store.chunk_plan(queued.id, conversation, size).await
 }
 
 /// What a task writes: the event kind, what it refers to, and who besides members hears it.
@@ -147,7 +162,14 @@ impl<'a> Plan<'a> {
         self.conversation
     }
 
-    fn job(&self, task_id: i64, chunk: u32, chunks: u32, want_recipients: bool) -> ChunkJob<'a> {
+    /// The job for chunk `chunk` of `chunks`, covering user ids in `[first, end)`.
+    fn job(
+        &self,
+        task_id: i64,
+        (chunk, chunks): (u32, u32),
+        (first_user, end_user): (i64, i64),
+        want_recipients: bool,
+    ) -> ChunkJob<'a> {
         ChunkJob {
             task_id,
             kind: self.kind,
@@ -156,6 +178,8 @@ impl<'a> Plan<'a> {
             new_message: self.message,
             chunk,
             chunks,
+            first_user,
+            end_user,
             also_notify: self.also_notify,
             want_recipients,
             now_ms: clock::now_ms(),
@@ -188,18 +212,5 @@ impl<'a> Plan<'a> {
             }),
             details: None,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::chunk_count;
-
-    #[test]
-    fn chunks_cover_every_member() {
-        assert_eq!(chunk_count(0, 5000), 1);
-        assert_eq!(chunk_count(5000, 5000), 1);
-        assert_eq!(chunk_count(5001, 5000), 2);
-        assert_eq!(chunk_count(10_000, 2000), 5);
     }
 }

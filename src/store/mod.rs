@@ -137,6 +137,8 @@ pub struct QueuedTask {
     pub run_at_ms: i64,
     /// The conversation's member count when claimed (decides whether it can be batched).
     pub members: i64,
+    /// Whether an earlier run split this task into chunks (it must keep that split).
+    pub planned: bool,
 }
 
 /// A message in the task payload: the serializable form of `Message`.
@@ -171,7 +173,7 @@ impl From<&Message> for MessageRecord {
     }
 }
 
-/// One transaction's worth of fanout: the members whose `user_id % chunks == chunk`.
+/// One transaction's worth of fanout: the members whose user id is in `[first_user, end_user)`.
 #[derive(Debug, Clone)]
 pub struct ChunkJob<'a> {
     pub task_id: i64,
@@ -182,6 +184,8 @@ pub struct ChunkJob<'a> {
     pub new_message: Option<&'a MessageRecord>,
     pub chunk: u32,
     pub chunks: u32,
+    pub first_user: i64,
+    pub end_user: i64,
     /// Non-members who get the event too (written with chunk 0).
     pub also_notify: &'a [UserId],
     /// Whether to return who received the event (only worth it when someone is listening).
@@ -327,6 +331,15 @@ pub trait CoreStore: Send + Sync + 'static {
     /// Writes several single-chunk `message.created` jobs (in queue order) in one transaction,
     /// each as `fan_out_chunk` would; the outcomes line up with `jobs`.
     async fn fan_out_batch(&self, jobs: &[ChunkJob<'_>]) -> Result<Vec<ChunkOutcome>>;
+    /// How a multi-chunk task splits its members: the first user id of each chunk after the
+    /// first, as decided by its first run (`chunk_size` members per chunk) and kept for every
+    /// later run. Empty when the task has no plan and the group fits one chunk.
+    async fn chunk_plan(
+        &self,
+        task_id: i64,
+        conversation: ConversationId,
+        chunk_size: u32,
+    ) -> Result<Vec<i64>>;
     /// Removes a finished multi-chunk task and its progress marks.
     async fn complete_task(&self, task_id: i64) -> Result<()>;
     /// Puts a failed task back for a later attempt, or aside after too many.

@@ -83,7 +83,8 @@ impl PgStore {
                  AND NOT EXISTS (SELECT 1 FROM tasks o WHERE o.conversation_id = t.conversation_id AND o.id < t.id) \
                ORDER BY t.id LIMIT $5 FOR UPDATE SKIP LOCKED) \
              RETURNING id, payload, attempts, run_at, \
-               (SELECT member_count FROM conversations c WHERE c.id = tasks.conversation_id) AS members",
+               (SELECT member_count FROM conversations c WHERE c.id = tasks.conversation_id) AS members, \
+             (SELECT COUNT(*) FROM fanout_plans p WHERE p.task_id = tasks.id) AS planned",
         )
         .bind(lanes as i64)
         .bind(lane as i64)
@@ -145,7 +146,7 @@ impl PgStore {
         let sql = format!(
             "WITH recipients AS MATERIALIZED ( \
                SELECT m.user_id FROM members m \
-               WHERE m.conversation_id = $1 AND m.user_id % $2 = $3 AND m.joined_task <= $7 \
+               WHERE m.conversation_id = $1 AND m.user_id >= $2 AND m.user_id < $3 AND m.joined_task <= $7 \
                ORDER BY m.user_id), \
              bumped AS ( \
                UPDATE user_pts p SET pts = p.pts + 1 FROM recipients r WHERE p.user_id = r.user_id \
@@ -160,8 +161,8 @@ impl PgStore {
         );
         let recipients: Vec<(i64, i64)> = sqlx::query_as(&sql)
             .bind(job.conversation_id.0)
-            .bind(job.chunks as i64)
-            .bind(job.chunk as i64)
+            .bind(job.first_user)
+            .bind(job.end_user)
             .bind(job.kind.code() as i32)
             .bind(job.ref_id)
             .bind(job.now_ms)

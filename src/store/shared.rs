@@ -75,6 +75,7 @@ macro_rules! shared_store_impl {
                     attempts: row.try_get("attempts")?,
                     run_at_ms: row.try_get("run_at")?,
                     members: row.try_get::<Option<i64>, _>("members")?.unwrap_or(0),
+                    planned: row.try_get::<Option<i64>, _>("planned")?.unwrap_or(0) != 0,
                 })
             }
 
@@ -941,8 +942,45 @@ macro_rules! shared_store_impl {
                 self.watch_inbox_impl().await
             }
 
+            async fn chunk_plan(&self, task_id: i64, conversation: ConversationId, chunk_size: u32) -> Result<Vec<i64>> {
+                let stored = || {
+                    sqlx::query_scalar::<_, String>("SELECT bounds FROM fanout_plans WHERE task_id = $1")
+                        .bind(task_id)
+                        .fetch_optional(self.writer())
+                };
+                if let Some(bounds) = stored().await? {
+                    return Ok(serde_json::from_str(&bounds).map_err(anyhow::Error::from)?);
+                }
+                let bounds: Vec<i64> = sqlx::query_scalar(
+                    // ceil(n / size) chunks of equal size: each starts at rank 1 + k * per.
+                    "SELECT user_id FROM (SELECT user_id, ROW_NUMBER() OVER (ORDER BY user_id) AS rn, \
+                     COUNT(*) OVER () AS n FROM members WHERE conversation_id = $1) AS ranked \
+                     WHERE rn > 1 AND (rn - 1) % ((n + (n + $2 - 1) / $2 - 1) / ((n + $2 - 1) / $2)) = 0 \
+                     ORDER BY user_id",
+                )
+                .bind(conversation.0)
+                .bind(i64::from(chunk_size.max(1)))
+                .fetch_all(self.writer())
+                .await?;
+                if bounds.is_empty() {
+                    return Ok(bounds);
+                }
+                sqlx::query("INSERT INTO fanout_plans (task_id, bounds) VALUES ($1, $2) ON CONFLICT (task_id) DO NOTHING")
+                    .bind(task_id)
+                    .bind(serde_json::to_string(&bounds).map_err(anyhow::Error::from)?)
+                    .execute(self.writer())
+                    .await?;
+                // Another process may have planned it first: its plan is the one.
+                let bounds = stored().await?.unwrap_or_default();
+                Ok(serde_json::from_str(&bounds).map_err(anyhow::Error::from)?)
+            }
+
             async fn complete_task(&self, task_id: i64) -> Result<()> {
                 let mut tx = self.writer().begin().await?;
+                sqlx::query("DELETE FROM fanout_plans WHERE task_id = $1")
+                    .bind(task_id)
+                    .execute(&mut *tx)
+                    .await?;
                 sqlx::query("DELETE FROM tasks WHERE id = $1")
                     .bind(task_id)
                     .execute(&mut *tx)

@@ -120,7 +120,8 @@ impl SqliteStore {
     async fn claim_tasks_impl(&self, lane: u32, lanes: u32, limit: i64) -> Result<Vec<QueuedTask>> {
         let rows = sqlx::query(
             "SELECT id, payload, attempts, run_at, \
-             (SELECT member_count FROM conversations c WHERE c.id = tasks.conversation_id) AS members \
+             (SELECT member_count FROM conversations c WHERE c.id = tasks.conversation_id) AS members, \
+             (SELECT COUNT(*) FROM fanout_plans p WHERE p.task_id = tasks.id) AS planned \
              FROM tasks WHERE conversation_id % $1 = $2 ORDER BY id LIMIT $3",
         )
         .bind(lanes as i64)
@@ -145,24 +146,24 @@ impl SqliteStore {
         }
         sqlx::query(
             "UPDATE user_pts SET pts = pts + 1 WHERE user_id IN \
-             (SELECT user_id FROM members WHERE conversation_id = $1 AND user_id % $2 = $3 AND joined_task <= $4)",
+             (SELECT user_id FROM members WHERE conversation_id = $1 AND user_id >= $2 AND user_id < $3 AND joined_task <= $4)",
         )
         .bind(job.conversation_id.0)
-        .bind(job.chunks as i64)
-        .bind(job.chunk as i64)
+        .bind(job.first_user)
+        .bind(job.end_user)
         .bind(job.task_id)
         .execute(&mut *tx)
         .await?;
         let insert = format!(
             "INSERT INTO inbox (user_id, pts, kind, conversation_id, ref_id, created_at) \
              SELECT p.user_id, p.pts, $4, $1, $5, $6 FROM members m JOIN user_pts p ON p.user_id = m.user_id \
-             WHERE m.conversation_id = $1 AND m.user_id % $2 = $3 AND m.joined_task <= $7 {}",
+             WHERE m.conversation_id = $1 AND m.user_id >= $2 AND m.user_id < $3 AND m.joined_task <= $7 {}",
             if job.want_recipients { "RETURNING user_id, pts" } else { "" }
         );
         let recipients: Vec<(i64, i64)> = sqlx::query_as(&insert)
             .bind(job.conversation_id.0)
-            .bind(job.chunks as i64)
-            .bind(job.chunk as i64)
+            .bind(job.first_user)
+            .bind(job.end_user)
             .bind(job.kind.code() as i32)
             .bind(job.ref_id)
             .bind(job.now_ms)

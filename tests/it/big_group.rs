@@ -67,6 +67,11 @@ async fn ten_thousand_members_get_one_row_each(backend: Backend) {
         assert_eq!(events.len(), 1);
         assert_eq!(events[0]["message"]["text"]["content"], "all hands at 10");
     }
+    let plans: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM fanout_plans")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(plans, 0, "a finished task's chunk plan is removed with it");
     assert_pts_gapless(&db).await;
 }
 
