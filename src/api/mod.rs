@@ -49,7 +49,9 @@ pub fn router(app: AppState) -> Router {
         .with_state(app)
 }
 
-async fn healthz() -> &'static str {
+/// 200 once the server is ready.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = String)))]
+pub(crate) async fn healthz() -> &'static str {
     "ok"
 }
 

@@ -5,8 +5,8 @@
 //! message is durably queued.
 
 pub mod burst;
-mod dingtalk;
-mod hooks;
+pub(crate) mod dingtalk;
+pub(crate) mod hooks;
 pub mod known;
 mod plugin;
 pub mod post;

@@ -14,6 +14,7 @@ mod big_group;
 mod bots;
 mod bursts;
 mod crash;
+mod escalation_steps;
 mod isolation;
 mod live;
 mod plugins;
