@@ -206,7 +206,7 @@ pub async fn announce_install(
 pub async fn announce_disabled(app: &AppState, bot: &DisabledBot) -> Result<(), ApiError> {
     let group = notice_group(app, bot.org_id).await?;
     let words = format!(
-        "Bot {} ({}) was disabled: every callback failed since {}. Fix its endpoint, re-enable it with \
+        "Bot {} ({}) was disabled: every callback failed since {}. Fix its endpoint (or plugin), re-enable it with \
          PATCH /api/v1/bots/{} {{\"enabled\": true}}, then redeliver its failed events.",
         bot.name,
         bot.id,
