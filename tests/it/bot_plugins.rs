@@ -227,14 +227,16 @@ async fn hostile_bot_is_stopped_recorded_and_retried(backend: Backend) {
     let group = server.create_group(&admin, "ops", &users).await;
     let spin = register(&server, &admin, "spin", "1", spinning_bot()).await;
     let pong = register(&server, &admin, "pong", "1", replying_bot("pong")).await;
+    let trap = register(&server, &admin, "trap", "1", trapping_bot()).await;
     let mut bots = Vec::new();
-    for (name, plugin) in [("spinner", &spin), ("ponger", &pong)] {
+    for (name, plugin) in [("spinner", &spin), ("ponger", &pong), ("trapper", &trap)] {
         let spec = json!({"name": name, "plugin_id": plugin, "conversations": [group],
                           "triggers": ["mention"]});
         bots.push(create_bot(&server, &admin, spec).await);
     }
-    let (spinner, ponger) = (&bots[0], &bots[1]);
+    let (spinner, ponger, trapper) = (&bots[0], &bots[1], &bots[2]);
     let started = Instant::now();
+    mention(&server, &member, &group, trapper, "@trapper hello").await;
     mention(&server, &member, &group, spinner, "@spinner hello").await;
     mention(&server, &member, &group, ponger, "@ponger ping").await;
     // The healthy bot answers while the other one spins.
@@ -254,6 +256,19 @@ async fn hostile_bot_is_stopped_recorded_and_retried(backend: Backend) {
     assert_eq!(bot_messages(&server, &member, spinner).await.len(), 1);
     let stats = plugin_stats(&server, &admin, &spin).await;
     assert_eq!(stats["deadline_exceeded"], 3, "{stats}");
+    // A trap (a C abort, a Rust panic) is a failed attempt too, retried the same way.
+    let trapped = deliveries(&server, &admin, trapper, "failed", 1).await;
+    let attempts = trapped[0]["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 3, "{}", trapped[0]);
+    assert!(
+        attempts[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("the plugin failed"),
+        "{}",
+        trapped[0]
+    );
+    assert_eq!(plugin_stats(&server, &admin, &trap).await["traps"], 3);
     // A redelivery runs it again (and it fails again): the queue's usual tools apply.
     let path = format!(
         "/api/v1/bots/{}/deliveries/{}/redeliver",
@@ -374,6 +389,21 @@ async fn bot_plugins_stay_in_their_org_and_world(backend: Backend) {
     mention(&server, &member, &a_group, &a_bot, "@b hi").await;
     let messages = wait_for_messages(&server, &member, &a_bot, 2).await;
     assert_eq!(text(&messages[1]), "A");
+    // A new version of A's plugin answers from the next event on, without a restart.
+    let v2 = register(&server, &admin_a, "pong", "2", replying_bot("A2")).await;
+    let (status, answer) = server
+        .call(
+            Method::PATCH,
+            &admin_a,
+            &path,
+            Some(json!({"plugin_id": v2})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["plugin_id"], v2.as_str());
+    mention(&server, &member, &a_group, &a_bot, "@b again").await;
+    let messages = wait_for_messages(&server, &member, &a_bot, 3).await;
+    assert_eq!(text(&messages[2]), "A2");
 }
 
 fn herald(args: &[&str]) -> std::process::Output {
@@ -504,6 +534,11 @@ fn replying_bot(text: &str) -> Vec<u8> {
 /// Never returns.
 fn spinning_bot() -> Vec<u8> {
     bot_component(&bot_module("", "(loop $spin (br $spin)) (i32.const 0)"))
+}
+
+/// Traps at once.
+fn trapping_bot() -> Vec<u8> {
+    bot_component(&bot_module("", "unreachable"))
 }
 
 /// Wraps a core module into a component of the bot world.
