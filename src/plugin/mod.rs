@@ -1,10 +1,11 @@
-//! Plugins: custom adapters written by users as WebAssembly components and run by herald in a
-//! wasmtime sandbox. A plugin targets a versioned WIT world (`plugins/wit/`); each world
-//! version has its own host module (`v0_1` for adapters, `bot_v0_1` for bots, called from
-//! `bot`). This module owns loading (from the store, through
-//! the compiled-artifact cache), the per-plugin failure counters, and the bounded, blocking
-//! calls. It must not post anything: ingress turns a plugin's output into events and sends
-//! them down the same filter → group → post path as the built-in adapters.
+//! Plugins: custom adapters and bots written by users as WebAssembly components and run by
+//! herald in a wasmtime sandbox. A plugin targets a versioned WIT world (`plugins/wit/`); each
+//! world version has its own host module (`v0_1` for adapters, `bot_v0_1` for bots, called
+//! through `bot`). This module owns loading (from the store, through the compiled-artifact
+//! cache), the per-plugin failure counters, and the bounded, blocking calls. It must not post
+//! anything: ingress turns an adapter's output into events and sends them down the same
+//! filter → group → post path as the built-in adapters; the outgoing worker posts a bot's
+//! replies as the bot.
 
 mod bot;
 #[cfg(test)]
