@@ -17,7 +17,8 @@
 //! a durable timer escalates it to DINGs, which reach their recipients through fanout.
 //!
 //! Outgoing bots (`outgoing`) hang off fanout: the transaction that writes an event also
-//! queues a delivery for every bot that hears it; `outgoing::worker` signs and sends them.
+//! queues a delivery for every bot that hears it; `outgoing::worker` signs and sends them,
+//! or, for a bot that runs a `herald:bot` plugin, `outgoing::plugin_bot` calls the plugin.
 //!
 //! Robots of kind `plugin` run a user's WebAssembly component (`plugin`) in place of a
 //! built-in adapter: ingress → verify → plugin → the same filter, grouping and post path.

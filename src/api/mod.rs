@@ -1,6 +1,7 @@
 //! Ingress: the HTTP API. Each area exports `router()`; handlers are thin (authorize through
 //! an extractor, call one stage function, answer). Errors go through `error::ApiError`.
 
+mod bot_target;
 mod bots;
 mod conversations;
 mod dings;

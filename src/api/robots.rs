@@ -181,6 +181,14 @@ async fn check_plugin(
                 || ApiError::bad_request(format!("plugin_id {id:?} names no plugin of this org"));
             let id: crate::ids::PluginId = id.parse().map_err(|_| missing())?;
             match app.store.get_plugin(org, id).await {
+                Ok(p) if p.world != crate::plugin::v0_1::WORLD => {
+                    Err(ApiError::bad_request(format!(
+                        "plugin {id} implements {}; a robot needs a {} plugin (bot plugins \
+                         are registered with POST /api/v1/bots)",
+                        p.world,
+                        crate::plugin::v0_1::WORLD
+                    )))
+                }
                 Ok(_) => Ok(()),
                 Err(crate::store::StoreError::NotFound(_)) => Err(missing()),
                 Err(e) => Err(e.into()),

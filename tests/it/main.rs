@@ -11,6 +11,7 @@ mod pagerduty;
 mod alertmanager;
 mod alerts;
 mod big_group;
+mod bot_plugins;
 mod bots;
 mod bursts;
 mod crash;
