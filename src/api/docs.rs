@@ -78,6 +78,7 @@ pub struct EventDoc {
         super::robots::update_robot, super::robots::delete_robot, super::robots::rotate_robot,
         super::robots::list_mentions, super::robots::set_mentions,
         super::plugins::upload_plugin, super::plugins::list_plugins, super::plugins::get_plugin,
+        super::plugins::delete_plugin,
     ),
     components(schemas(crate::error::ErrorBody, MessageDoc, EventDoc)),
     modifiers(&BearerAuth),

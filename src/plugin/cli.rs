@@ -1,5 +1,6 @@
 //! `herald plugin check|run`: the author's loop without a server. The same runtime, limits and
-//! world checks as the server, with nothing cached on disk.
+//! world checks as the server; nothing is cached on disk unless the config file names a
+//! `plugins.cache_dir` (an interpreted guest takes seconds to compile, C milliseconds).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,14 +12,20 @@ use crate::config::PluginsConfig;
 
 /// Validates a component file; its world, sha256 and size as JSON.
 pub fn check(settings: &PluginsConfig, file: &Path) -> anyhow::Result<serde_json::Value> {
-    let runtime = Runtime::new(settings, None)?;
+    let runtime = Runtime::new(settings, cache_dir(settings))?;
     let wasm = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let compiled = runtime.compile(&wasm)?;
     Ok(serde_json::json!({
         "world": compiled.world,
         "sha256": compiled.sha256,
         "size": compiled.size,
+        "wasi": compiled.wasi,
     }))
+}
+
+/// The compiled-component cache, only when the config sets one explicitly.
+fn cache_dir(settings: &PluginsConfig) -> Option<std::path::PathBuf> {
+    (!settings.cache_dir.as_os_str().is_empty()).then(|| settings.cache_dir.clone())
 }
 
 /// What `plugin run` was given.
@@ -32,7 +39,7 @@ pub struct RunArgs<'a> {
 
 /// Runs a component on a fixture, as `POST /hooks/plugin/{token}` would.
 pub fn run(settings: &PluginsConfig, args: &RunArgs<'_>) -> anyhow::Result<PluginOutput> {
-    let runtime = Runtime::new(settings, None)?;
+    let runtime = Runtime::new(settings, cache_dir(settings))?;
     let wasm =
         std::fs::read(args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let compiled = runtime.compile(&wasm)?;

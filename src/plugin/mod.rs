@@ -10,7 +10,9 @@ pub mod cli;
 #[cfg(test)]
 mod contract;
 mod runtime;
+pub mod stats;
 pub mod v0_1;
+mod wasi;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -101,7 +103,7 @@ pub enum PluginError {
     Internal(#[from] anyhow::Error),
 }
 
-/// What a plugin's calls have come to since this process started.
+/// What a plugin's calls have come to (stored across restarts by `stats`).
 #[derive(Debug, Clone, Copy, Default, Serialize, ToSchema, PartialEq, Eq)]
 pub struct PluginStats {
     pub calls: u64,
@@ -136,6 +138,8 @@ pub struct HostState {
     pub(crate) config: BTreeMap<String, String>,
     pub(crate) limits: runtime::Limits,
     pub(crate) log_lines: u32,
+    /// WASI's empty context, made on a WASI plugin's first WASI call (see `wasi`).
+    pub(crate) wasi: Option<Box<wasi::WasiState>>,
 }
 
 impl HostState {
@@ -145,6 +149,7 @@ impl HostState {
             config,
             limits: runtime::Limits::default(),
             log_lines: 0,
+            wasi: None,
         }
     }
 }
@@ -246,6 +251,7 @@ impl Plugins {
         Ok(compiled)
     }
 
+    /// The plugin's counts not flushed to the store yet.
     pub fn stats(&self, id: PluginId) -> PluginStats {
         lock(&self.stats).get(&id).copied().unwrap_or_default()
     }

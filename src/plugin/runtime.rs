@@ -16,7 +16,7 @@ use wasmtime::{
 };
 
 use super::cache::{hex, DiskCache};
-use super::{v0_1, HostState, PluginError, PluginOutput, PluginRequest};
+use super::{v0_1, wasi, HostState, PluginError, PluginOutput, PluginRequest};
 use crate::config::PluginsConfig;
 
 /// How often the ticker advances the epoch: the deadline's resolution.
@@ -31,11 +31,16 @@ pub struct Compiled {
     pub world: &'static str,
     pub sha256: String,
     pub size: usize,
+    /// The component imports WASI (an interpreter's toolchain): linked with an empty context.
+    pub wasi: bool,
 }
 
 pub struct Runtime {
     engine: Engine,
+    /// Herald's world only: what a component that imports nothing else is linked with.
     linker: Linker<HostState>,
+    /// Herald's world plus WASI with an empty context, for components that import WASI.
+    wasi_linker: Linker<HostState>,
     cache: DiskCache,
     deadline_ticks: u64,
     pub deadline_ms: u64,
@@ -60,6 +65,9 @@ impl Runtime {
             .map_err(|e| anyhow::anyhow!("plugin engine: {e}"))?;
         let mut linker = Linker::new(&engine);
         v0_1::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("plugin linker: {e}"))?;
+        let mut wasi_linker = linker.clone();
+        wasi::add_to_linker(&mut wasi_linker)
+            .map_err(|e| anyhow::anyhow!("plugin WASI linker: {e}"))?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_ticker(engine.clone(), ticker_stop.clone())?;
         Ok(Runtime {
@@ -69,6 +77,7 @@ impl Runtime {
             memory_bytes,
             engine,
             linker,
+            wasi_linker,
             ticker_stop,
         })
     }
@@ -97,8 +106,13 @@ impl Runtime {
             .cache
             .component(&self.engine, wasm, &sha256)
             .map_err(|e| PluginError::Invalid(format!("not a valid component: {e}")))?;
-        let instance_pre = self
-            .linker
+        let wasi = wasi::imports_wasi(&self.engine, &component);
+        let linker = if wasi {
+            &self.wasi_linker
+        } else {
+            &self.linker
+        };
+        let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(|e| PluginError::Invalid(self.import_problem(&component, e)))?;
         let pre = v0_1::AdapterPre::new(instance_pre).map_err(|e| {
@@ -112,6 +126,7 @@ impl Runtime {
             world: v0_1::WORLD,
             sha256,
             size: wasm.len(),
+            wasi,
         };
         self.instantiate(&compiled).map_err(|e| match e {
             PluginError::Memory(_) | PluginError::Trap(_) | PluginError::Deadline(_) => {
@@ -142,14 +157,15 @@ impl Runtime {
         let foreign: Vec<String> = ty
             .imports(&self.engine)
             .map(|(name, _)| name.to_string())
-            .filter(|name| !name.starts_with("herald:adapter/"))
+            .filter(|name| !name.starts_with("herald:adapter/") && !wasi::is_provided(name))
             .collect();
         if foreign.is_empty() {
             format!("the component's imports do not match {}: {e}", v0_1::WORLD)
         } else {
             format!(
                 "the component imports {}, which herald does not provide: plugins get only \
-                 herald:adapter/host@0.1.0 (no WASI, files or network)",
+                 herald:adapter/host@0.1.0 and, when their toolchain needs it, WASI 0.2 with \
+                 an empty context (no files, environment or network)",
                 foreign.join(", ")
             )
         }
@@ -196,8 +212,9 @@ impl Runtime {
 fn engine_config(settings: &PluginsConfig, memory_bytes: usize) -> Config {
     let instances = settings.max_concurrent_calls.max(1);
     let mut pool = PoolingAllocationConfig::default();
+    // An interpreted guest (componentize-py) is ~14 core instances; a C guest 2–3.
     pool.total_component_instances(instances)
-        .total_core_instances(instances * 8)
+        .total_core_instances(instances * 16)
         .total_memories(instances * 2)
         .total_tables(instances * 4)
         .max_memory_size(memory_bytes)
