@@ -10,8 +10,8 @@
 //! 3. **Instantiate**: a fresh instance alone (pooling allocator, `InstancePre`). Target ≤ 50 µs.
 //! 4. For scale: the built-in GitHub adapter + template render of an 8.8 KB push.
 //! 5. **Python plugin** (plugins/jenkins, componentize-py; skipped when
-//!    target/plugins/jenkins.wasm is missing): per call and instantiate alone, on the Jenkins
-//!    failed-build fixture.
+//!    target/plugins/jenkins.wasm is missing): per call (`Runtime::call` reuses a warm instance
+//!    for interpreted guests) and instantiate alone, on the Jenkins failed-build fixture.
 //! 6. **Webhook throughput** through the whole server (`http`): `/hooks/plugin/{token}` with the
 //!    C and the Python plugin next to the built-in `/hooks/github/{token}`, in the same run.
 //!
@@ -274,7 +274,7 @@ fn python_plugin(runtime: &Runtime, native_us: f64) -> Option<String> {
     });
     let instantiate = measure(200, || runtime.instantiate(&compiled).expect("instantiate"));
     Some(format!(
-        "| Python plugin (jenkins, {} MB, compiled in {compile_ms:.0} ms), per call incl. fresh \
+        "| Python plugin (jenkins, {} MB, compiled in {compile_ms:.0} ms), per call in a warm \
          instance, {} byte payload | {per_call:.1} | {:.2}× native sentry |\n\
          | Python plugin, instantiate alone | {instantiate:.1} | |",
         wasm.len() / 1_000_000,

@@ -15,6 +15,8 @@ use wasmtime::{
     Trap,
 };
 
+mod warm;
+
 use super::cache::{hex, DiskCache};
 use super::{v0_1, wasi, HostState, PluginError, PluginOutput, PluginRequest};
 use crate::config::PluginsConfig;
@@ -31,8 +33,10 @@ pub struct Compiled {
     pub world: &'static str,
     pub sha256: String,
     pub size: usize,
-    /// The component imports WASI (an interpreter's toolchain): linked with an empty context.
+    /// The component imports WASI (an interpreter's toolchain): linked with an empty context,
+    /// and called in warm instances.
     pub wasi: bool,
+    warm: warm::WarmPool,
 }
 
 pub struct Runtime {
@@ -46,6 +50,7 @@ pub struct Runtime {
     pub deadline_ms: u64,
     pub memory_bytes: usize,
     ticker_stop: Arc<AtomicBool>,
+    warm_budget: Arc<warm::Budget>,
 }
 
 impl Drop for Runtime {
@@ -79,6 +84,7 @@ impl Runtime {
             linker,
             wasi_linker,
             ticker_stop,
+            warm_budget: warm::Budget::new(settings.max_concurrent_calls),
         })
     }
 
@@ -127,6 +133,7 @@ impl Runtime {
             sha256,
             size: wasm.len(),
             wasi,
+            warm: warm::WarmPool::new(self.warm_budget.clone()),
         };
         self.instantiate(&compiled).map_err(|e| match e {
             PluginError::Memory(_) | PluginError::Trap(_) | PluginError::Deadline(_) => {
@@ -171,13 +178,17 @@ impl Runtime {
         }
     }
 
-    /// Runs `handle` in a fresh instance, within the deadline and the memory cap.
+    /// Runs `handle` in a fresh instance (a warm one for an interpreted guest, see `warm`),
+    /// within the deadline and the memory cap.
     pub fn call(
         &self,
         compiled: &Compiled,
         state: HostState,
         request: &PluginRequest,
     ) -> Result<PluginOutput, PluginError> {
+        if compiled.wasi {
+            return self.call_warm(compiled, state, request);
+        }
         let mut store = Store::new(&self.engine, state);
         store.data_mut().limits.max_memory = self.memory_bytes;
         store.limiter(|s| &mut s.limits);

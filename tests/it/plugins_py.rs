@@ -1,7 +1,8 @@
 //! The example Python plugin (plugins/jenkins, componentize-py) end to end over HTTP, the
 //! `herald plugin` CLI on its fixtures, and the WASI sandbox its toolchain needs: a hostile
 //! Python plugin (tests/plugins/wasi_probe) and a hand-made WASI component find an empty
-//! context — no files, no environment, no arguments, no sockets.
+//! context — no files, no environment, no arguments, no sockets — and interpreted guests run
+//! in warm instances that never carry one robot's config into another's call.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -294,31 +295,56 @@ async fn wasi_plugins_get_an_empty_context() {
 
     let probe = std::fs::read(built("wasi_probe")).expect("wasm");
     let plugin = register(&server, &admin, "probe", "1", probe).await;
-    let robot = plugin_robot(&server, &admin, &group, &plugin, json!({})).await;
+    let first = plugin_robot(&server, &admin, &group, &plugin, json!({"who": "first"})).await;
+    let second = plugin_robot(&server, &admin, &group, &plugin, json!({"who": "second"})).await;
     let target = json!({"path": secret_file.path(), "port": port});
-    let resp = server
-        .http
-        .post(crate::plugins::webhook_url(&server, &robot))
-        .json(&target)
-        .send()
-        .await
-        .expect("webhook");
-    assert_eq!(
-        resp.status(),
-        StatusCode::OK,
-        "{}",
-        resp.text().await.unwrap_or_default()
-    );
+    let post = |robot: &Value, body: &Value| {
+        server
+            .http
+            .post(crate::plugins::webhook_url(&server, robot))
+            .json(body)
+            .send()
+    };
+    // Two calls through two robots, a crash, and one more: an interpreted guest runs in a warm
+    // instance that counts its calls; each call sees its own robot's config; a crashed
+    // instance is dropped, so the last call starts over in a new one.
+    for (robot, body, want) in [
+        (&first, &target, StatusCode::OK),
+        (&second, &target, StatusCode::OK),
+        (
+            &first,
+            &json!({"crash": true}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (&first, &target, StatusCode::OK),
+    ] {
+        let resp = post(robot, body).await.expect("webhook");
+        let status = resp.status();
+        assert_eq!(status, want, "{}", resp.text().await.unwrap_or_default());
+    }
 
     let db = server.db().await;
     server.drain(&db).await;
     let events = server.sync_all(&member, 0).await;
-    let text = events
+    let reports: Vec<Value> = events
         .iter()
-        .find(|e| e["message"]["sender"]["kind"] == "robot")
-        .and_then(|e| e["message"]["text"]["content"].as_str())
-        .expect("the probe's report");
-    let report: Value = serde_json::from_str(text).expect("report JSON");
+        .filter(|e| e["type"] == "message.created" && e["message"]["sender"]["kind"] == "robot")
+        .filter_map(|e| e["message"]["text"]["content"].as_str())
+        .map(|text| serde_json::from_str(text).expect("report JSON"))
+        .collect();
+    let seen: Vec<(Value, Value)> = reports
+        .iter()
+        .map(|r| (r["calls"].clone(), r["who"].clone()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (json!(1), json!("first")),
+            (json!(2), json!("second")),
+            (json!(1), json!("first")),
+        ]
+    );
+    let report = &reports[0];
     for denied in [
         "read",
         "listdir",
@@ -349,6 +375,10 @@ async fn wasi_plugins_get_an_empty_context() {
     );
     assert!(!Path::new("/tmp/herald-plugin-escape").exists());
     assert!(!server.log().contains("a plugin's stdout goes nowhere"));
+    let (_, info) = server
+        .get(&admin, &format!("/api/v1/plugins/{plugin}"))
+        .await;
+    assert_eq!(info["stats"]["traps"], 1, "{info}");
 
     // A hand-made component importing WASI 0.2 directly: linked, and sees no arguments.
     let env = register(&server, &admin, "env", "1", wasm::wasi_plugin("0.2.0")).await;

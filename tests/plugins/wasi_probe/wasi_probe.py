@@ -3,7 +3,9 @@ be able to do through the WASI imports its toolchain forces (read files, list di
 read the environment, open sockets, resolve names, write to stdout) and posts what happened
 as one JSON text message, which the test checks.
 
-The request body names the targets: {"path": "/etc/hostname", "port": 12345}.
+The request body names the targets: {"path": "/etc/hostname", "port": 12345}; with
+{"crash": true} it raises an exception instead (which traps the instance). It also reports how
+many calls this instance has served and the robot's config `who`, for the warm-instance tests.
 """
 
 import encodings.idna  # noqa: F401 - socket calls encode host names with it; snapshot it now
@@ -13,7 +15,9 @@ import socket
 import sys
 
 import wit_world
-from wit_world.imports import types
+from wit_world.imports import host, types
+
+CALLS = 0
 
 
 def attempt(action):
@@ -34,6 +38,10 @@ def connect(port):
 
 
 def probe(target):
+    global CALLS
+    CALLS += 1
+    if target.get("crash"):
+        raise RuntimeError("the probe crashes on request")
     path, port = target.get("path", "/etc/hostname"), int(target.get("port", 80))
     print("a plugin's stdout goes nowhere")
     print("nor does its stderr", file=sys.stderr)
@@ -46,6 +54,8 @@ def probe(target):
         "argv": list(sys.argv),
         "connect": attempt(lambda: connect(port)),
         "resolve": attempt(lambda: socket.getaddrinfo("localhost", port)[0][4][0]),
+        "calls": CALLS,
+        "who": host.config("who"),
     }
 
 
