@@ -153,6 +153,12 @@ async fn multipart_upload(backend: Backend) {
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     let (_, list) = server.get(&admin, "/api/v1/plugins").await;
     assert_eq!(list["plugins"].as_array().map(Vec::len), Some(2), "{list}");
+    // Both upload forms and the delete are in the OpenAPI document.
+    let (_, spec) = server.get(&admin, "/api/v1/openapi.json").await;
+    let upload = &spec["paths"]["/api/v1/plugins"]["post"]["requestBody"]["content"];
+    assert!(upload["multipart/form-data"].is_object(), "{upload}");
+    assert!(upload["application/wasm"].is_object(), "{upload}");
+    assert!(spec["paths"]["/api/v1/plugins/{id}"]["delete"].is_object());
 }
 
 async fn delete_is_refused_while_used(backend: Backend) {
