@@ -148,20 +148,22 @@ async fn read_form(boundary: String, body: Bytes) -> Result<Upload, ApiError> {
     while let Some(field) = form.next_field().await.map_err(bad_form)? {
         let name = field.name().unwrap_or_default().to_string();
         let twice = match name.as_str() {
-            "name" => upload.name.replace(field.text().await.map_err(bad_form)?),
+            "name" => upload
+                .name
+                .replace(field.text().await.map_err(bad_form)?)
+                .is_some(),
             "version" => upload
                 .version
-                .replace(field.text().await.map_err(bad_form)?),
+                .replace(field.text().await.map_err(bad_form)?)
+                .is_some(),
             "file" => file
                 .replace(field.bytes().await.map_err(bad_form)?)
-                .map(|_| String::new()),
-            other => {
-                return Err(ApiError::bad_request(format!(
+                .is_some(),
+            other => return Err(ApiError::bad_request(format!(
                 "unexpected form field {other:?}: the form has the fields name, version and file"
-            )))
-            }
+            ))),
         };
-        if twice.is_some() {
+        if twice {
             return Err(ApiError::bad_request(format!(
                 "the form field {name:?} is given twice"
             )));
