@@ -159,9 +159,11 @@ async fn read_form(boundary: String, body: Bytes) -> Result<Upload, ApiError> {
             "file" => file
                 .replace(field.bytes().await.map_err(bad_form)?)
                 .is_some(),
-            other => return Err(ApiError::bad_request(format!(
+            other => {
+                return Err(ApiError::bad_request(format!(
                 "unexpected form field {other:?}: the form has the fields name, version and file"
-            ))),
+            )))
+            }
         };
         if twice {
             return Err(ApiError::bad_request(format!(

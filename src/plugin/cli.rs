@@ -52,7 +52,8 @@ pub fn run(settings: &PluginsConfig, args: &RunArgs<'_>) -> anyhow::Result<Plugi
         headers: headers(args.headers)?,
         body: body.into(),
     };
-    let state = HostState::new(args.file.display().to_string(), config(args.config)?);
+    let mut state = HostState::new(args.file.display().to_string(), config(args.config)?);
+    state.guest_stderr = true;
     Ok(runtime.call(&compiled, state, &request)?)
 }
 

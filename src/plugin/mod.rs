@@ -140,6 +140,9 @@ pub struct HostState {
     pub(crate) log_lines: u32,
     /// WASI's empty context, made on a WASI plugin's first WASI call (see `wasi`).
     pub(crate) wasi: Option<Box<wasi::WasiState>>,
+    /// The guest's stderr goes to this process's stderr instead of nowhere: only for
+    /// `herald plugin run`, where an author wants an interpreter's traceback.
+    pub(crate) guest_stderr: bool,
 }
 
 impl HostState {
@@ -150,6 +153,7 @@ impl HostState {
             limits: runtime::Limits::default(),
             log_lines: 0,
             wasi: None,
+            guest_stderr: false,
         }
     }
 }

@@ -32,13 +32,18 @@ pub struct WasiState {
 impl WasiState {
     /// The empty context: the builder's defaults already grant nothing but clocks and random;
     /// the network switches are set explicitly so a change of defaults cannot open them.
-    fn empty() -> WasiState {
-        let ctx = WasiCtx::builder()
+    /// `stderr`: pass the guest's stderr through (the CLI only).
+    fn empty(stderr: bool) -> WasiState {
+        let mut builder = WasiCtx::builder();
+        builder
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
-            .socket_addr_check(|_, _| Box::pin(async { false }))
-            .build();
+            .socket_addr_check(|_, _| Box::pin(async { false }));
+        if stderr {
+            builder.inherit_stderr();
+        }
+        let ctx = builder.build();
         WasiState {
             ctx,
             table: ResourceTable::new(),
@@ -48,9 +53,10 @@ impl WasiState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        let stderr = self.guest_stderr;
         let state = self
             .wasi
-            .get_or_insert_with(|| Box::new(WasiState::empty()));
+            .get_or_insert_with(|| Box::new(WasiState::empty(stderr)));
         WasiCtxView {
             ctx: &mut state.ctx,
             table: &mut state.table,

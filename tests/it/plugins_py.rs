@@ -265,6 +265,26 @@ fn cli_runs_the_python_plugin() {
     let out = run("token=x");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid Jenkins token"));
+
+    // A Python exception: the CLI (only the CLI) shows the guest's traceback on stderr.
+    let crash = tempfile::NamedTempFile::new().expect("request file");
+    std::fs::write(crash.path(), r#"{"crash": true}"#).expect("write");
+    let probe = built("wasi_probe");
+    let out = herald(&[
+        "plugin",
+        "run",
+        probe.to_str().expect("path"),
+        "--request",
+        crash.path().to_str().expect("path"),
+        "--config-file",
+        config,
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("RuntimeError: the probe crashes on request"),
+        "{stderr}"
+    );
 }
 
 /// A TCP listener that records whether anything connected to it.

@@ -109,7 +109,7 @@ impl Runtime {
     ) -> Result<PluginOutput, PluginError> {
         let mut warm = match compiled.warm.take() {
             Some(warm) => warm,
-            None => self.warm_instance(compiled)?,
+            None => self.warm_instance(compiled, state.guest_stderr)?,
         };
         // This call's robot: its config, its log budget. The guest's WASI resources (its
         // stdio handles) stay with the instance that holds them.
@@ -130,8 +130,10 @@ impl Runtime {
         }
     }
 
-    fn warm_instance(&self, compiled: &Compiled) -> Result<Warm, PluginError> {
-        let mut store = Store::new(&self.engine, HostState::new("", Default::default()));
+    fn warm_instance(&self, compiled: &Compiled, guest_stderr: bool) -> Result<Warm, PluginError> {
+        let mut state = HostState::new("", Default::default());
+        state.guest_stderr = guest_stderr;
+        let mut store = Store::new(&self.engine, state);
         store.data_mut().limits.max_memory = self.memory_bytes;
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.deadline_ticks);
