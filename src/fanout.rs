@@ -14,36 +14,21 @@ use crate::{clock, AppState};
 /// Processes one queued task. Safe to run again after a crash at any point.
 pub async fn fan_out(app: &AppState, queued: &QueuedTask) -> Result<(), StoreError> {
     let plan = Plan::of(&queued.task);
-    let members = app.store.member_count(plan.conversation_id()).await?;
-    let chunks = chunk_count(members, app.config.fanout.chunk_size);
-    let generation = app.hub.generation();
-    let listening = app.hub.has_listeners();
-    let job = |chunk: u32| ChunkJob {
-        task_id: queued.id,
-        kind: plan.kind,
-        conversation_id: plan.conversation_id(),
-        ref_id: plan.ref_id,
-        new_message: plan.message,
-        chunk,
-        chunks,
-        also_notify: plan.also_notify,
-        want_recipients: listening,
-        now_ms: clock::now_ms(),
-    };
-    let wake = |job: &ChunkJob<'_>, outcome: &ChunkOutcome| {
-        if let Some(event) = plan.event(job.now_ms) {
-            app.hub.remember(&Arc::new(event), &outcome.member_pts);
-        }
-        app.hub.wake(&outcome.recipients);
-        if !listening {
-            app.hub.wake_if_subscribed_since(generation);
-        }
+    let bounds = chunk_bounds(app, queued, plan.conversation_id()).await?;
+    let chunks = bounds.len() as u32 + 1;
+    let waker = Waker::new(app);
+    let job = |chunk: u32| {
+        let first = chunk
+            .checked_sub(1)
+            .map_or(i64::MIN, |i| bounds[i as usize]);
+        let end = bounds.get(chunk as usize).copied().unwrap_or(i64::MAX);
+        plan.job(queued.id, (chunk, chunks), (first, end), waker.listening)
     };
     // Chunk 0 may have queued bot deliveries (see `outgoing`).
     if chunks == 1 {
         let job = job(0);
         let outcome = app.store.fan_out_chunk(&job).await?;
-        wake(&job, &outcome);
+        waker.wake(&plan, &job, &outcome);
         app.outgoing.wake.notify_one();
         return Ok(());
     }
@@ -51,9 +36,10 @@ pub async fn fan_out(app: &AppState, queued: &QueuedTask) -> Result<(), StoreErr
     stream::iter(0..chunks)
         .map(|chunk| {
             let job = job(chunk);
+            let (plan, waker) = (&plan, &waker);
             async move {
                 let outcome = app.store.fan_out_chunk(&job).await?;
-                wake(&job, &outcome);
+                waker.wake(plan, &job, &outcome);
                 Ok::<_, StoreError>(())
             }
         })
@@ -64,10 +50,78 @@ pub async fn fan_out(app: &AppState, queued: &QueuedTask) -> Result<(), StoreErr
     app.store.complete_task(queued.id).await
 }
 
-/// How many chunks a group of `members` is written in.
-pub fn chunk_count(members: i64, chunk_size: u32) -> u32 {
-    let size = i64::from(chunk_size.max(1));
-    ((members + size - 1) / size).clamp(1, 4096) as u32
+/// Whether a task can share a transaction with others: a new message to a group small enough
+/// to be written in one chunk. Everything else keeps its own transaction(s).
+pub fn batchable(app: &AppState, queued: &QueuedTask) -> bool {
+    matches!(queued.task, Task::Post { .. })
+        && !queued.planned
+        && queued.members <= i64::from(app.config.fanout.chunk_size)
+}
+
+/// Fans out several batchable tasks (in queue order) in one transaction: one commit, and one
+/// set of statements, for a burst of webhooks instead of one each. All or nothing; on error
+/// the caller runs them one by one.
+pub async fn fan_out_batch(app: &AppState, batch: &[&QueuedTask]) -> Result<(), StoreError> {
+    if let [single] = batch {
+        return fan_out(app, single).await;
+    }
+    let waker = Waker::new(app);
+    let plans: Vec<Plan> = batch.iter().map(|queued| Plan::of(&queued.task)).collect();
+    let jobs: Vec<ChunkJob> = batch
+        .iter()
+        .zip(&plans)
+        .map(|(queued, plan)| plan.job(queued.id, (0, 1), (i64::MIN, i64::MAX), waker.listening))
+        .collect();
+    let outcomes = app.store.fan_out_batch(&jobs).await?;
+    tracing::debug!(tasks = jobs.len(), "fanned out a batch");
+    for ((plan, job), outcome) in plans.iter().zip(&jobs).zip(&outcomes) {
+        waker.wake(plan, job, outcome);
+    }
+    app.outgoing.wake.notify_one();
+    Ok(())
+}
+
+/// Wakes live connections after a commit. Taken before the write, so a connection that
+/// subscribes while the write runs is woken too.
+struct Waker<'a> {
+    app: &'a AppState,
+    generation: u64,
+    listening: bool,
+}
+
+impl<'a> Waker<'a> {
+    fn new(app: &'a AppState) -> Waker<'a> {
+        Waker {
+            app,
+            generation: app.hub.generation(),
+            listening: app.hub.has_listeners(),
+        }
+    }
+
+    fn wake(&self, plan: &Plan<'_>, job: &ChunkJob<'_>, outcome: &ChunkOutcome) {
+        let hub = &self.app.hub;
+        if let Some(event) = plan.event(job.now_ms) {
+            hub.remember(&Arc::new(event), &outcome.member_pts);
+        }
+        hub.wake(&outcome.recipients);
+        if !self.listening {
+            hub.wake_if_subscribed_since(self.generation);
+        }
+    }
+}
+
+/// Where a task's chunks start: none for a group that fits one chunk, else the plan its
+/// first run stored (a task keeps its split even if the group shrinks or grows meanwhile).
+async fn chunk_bounds(
+    app: &AppState,
+    queued: &QueuedTask,
+    conversation: crate::ids::ConversationId,
+) -> Result<Vec<i64>, StoreError> {
+    let size = app.config.fanout.chunk_size;
+    if !queued.planned && app.store.member_count(conversation).await? <= i64::from(size) {
+        return Ok(Vec::new());
+    }
+    app.store.chunk_plan(queued.id, conversation, size).await
 }
 
 /// What a task writes: the event kind, what it refers to, and who besides members hears it.
@@ -108,6 +162,30 @@ impl<'a> Plan<'a> {
         self.conversation
     }
 
+    /// The job for chunk `chunk` of `chunks`, covering user ids in `[first, end)`.
+    fn job(
+        &self,
+        task_id: i64,
+        (chunk, chunks): (u32, u32),
+        (first_user, end_user): (i64, i64),
+        want_recipients: bool,
+    ) -> ChunkJob<'a> {
+        ChunkJob {
+            task_id,
+            kind: self.kind,
+            conversation_id: self.conversation,
+            ref_id: self.ref_id,
+            new_message: self.message,
+            chunk,
+            chunks,
+            first_user,
+            end_user,
+            also_notify: self.also_notify,
+            want_recipients,
+            now_ms: clock::now_ms(),
+        }
+    }
+
     /// The event as a member's stream shows it, for a new message (other events carry stored
     /// details the task does not hold, and are read back instead).
     fn event(&self, now_ms: i64) -> Option<Event> {
@@ -134,18 +212,5 @@ impl<'a> Plan<'a> {
             }),
             details: None,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::chunk_count;
-
-    #[test]
-    fn chunks_cover_every_member() {
-        assert_eq!(chunk_count(0, 5000), 1);
-        assert_eq!(chunk_count(5000, 5000), 1);
-        assert_eq!(chunk_count(5001, 5000), 2);
-        assert_eq!(chunk_count(10_000, 2000), 5);
     }
 }

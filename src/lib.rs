@@ -17,7 +17,8 @@
 //! a durable timer escalates it to DINGs, which reach their recipients through fanout.
 //!
 //! Outgoing bots (`outgoing`) hang off fanout: the transaction that writes an event also
-//! queues a delivery for every bot that hears it; `outgoing::worker` signs and sends them.
+//! queues a delivery for every bot that hears it; `outgoing::worker` signs and sends them,
+//! or, for a bot that runs a `herald:bot` plugin, `outgoing::plugin_bot` calls the plugin.
 //!
 //! Robots of kind `plugin` run a user's WebAssembly component (`plugin`) in place of a
 //! built-in adapter: ingress → verify → plugin → the same filter, grouping and post path.
@@ -73,6 +74,7 @@ pub struct Shared {
     pub robot_limiter: ratelimit::RobotLimiter,
     /// What each robot's sender delivered: posted and skipped events.
     pub robot_stats: ingress::stats::Counters,
+    pub known_robots: ingress::known::KnownRobots,
     /// Wakes the burst flusher when a burst starts.
     pub burst_bell: tokio::sync::Notify,
     /// Alerts: escalation and provider wake-ups, the card-button key.
@@ -114,6 +116,7 @@ impl AppState {
             robot_limiter: ratelimit::RobotLimiter::default(),
             alerts: alerts::Alerts::new(signing_key),
             robot_stats: ingress::stats::Counters::default(),
+            known_robots: ingress::known::KnownRobots::default(),
             burst_bell: tokio::sync::Notify::new(),
             plugins: plugin::Plugins::new(
                 config.plugins.clone(),

@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::ids::ConversationId;
+use crate::store::QueuedTask;
 use crate::{clock, fanout, AppState};
 
 /// After this many failed attempts a task is moved to `dead_tasks`.
@@ -67,37 +68,92 @@ pub async fn worker_loop(app: AppState, lane: u32, shutdown: CancellationToken) 
     }
 }
 
-/// Claims a batch and processes it in order. True when any task was finished.
+/// Claims tasks and processes them in order. Consecutive new messages to small groups are
+/// fanned out together in one transaction; anything else flushes them first and runs alone,
+/// so every conversation's events keep their queue order. True when any task was finished.
 async fn run_round(app: &AppState, lane: u32) -> Result<bool, crate::store::StoreError> {
     let tasks = app
         .store
         .claim_tasks(lane, app.lanes.count(), CLAIM_BATCH)
         .await?;
     let now = clock::now_ms();
-    let mut blocked: HashSet<ConversationId> = HashSet::new();
-    let mut progressed = false;
-    for task in tasks {
+    let mut round = Round::default();
+    for task in &tasks {
         let conversation = task.task.conversation_id();
-        if blocked.contains(&conversation) {
+        if round.blocked.contains(&conversation) {
             continue;
         }
         if task.run_at_ms > now {
-            blocked.insert(conversation);
+            round.blocked.insert(conversation);
             continue;
         }
-        match fanout::fan_out(app, &task).await {
-            Ok(()) => progressed = true,
+        if fanout::batchable(app, task) {
+            if round.batch_members + task.members > i64::from(app.config.fanout.chunk_size) {
+                round.flush(app).await?;
+            }
+            round.batch.push(task);
+            round.batch_members += task.members;
+            continue;
+        }
+        round.flush(app).await?;
+        round.run_one(app, task).await?;
+    }
+    round.flush(app).await?;
+    Ok(round.progressed)
+}
+
+/// One round's state: the batch being gathered and the conversations that must wait.
+#[derive(Default)]
+struct Round<'a> {
+    batch: Vec<&'a QueuedTask>,
+    batch_members: i64,
+    blocked: HashSet<ConversationId>,
+    progressed: bool,
+}
+
+impl<'a> Round<'a> {
+    /// Fans out the gathered batch; if its transaction fails, each task runs alone so only
+    /// the failing one is retried.
+    async fn flush(&mut self, app: &AppState) -> Result<(), crate::store::StoreError> {
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_members = 0;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match fanout::fan_out_batch(app, &batch).await {
+            Ok(()) => self.progressed = true,
+            Err(e) => {
+                tracing::debug!(tasks = batch.len(), error = %e, "batched fanout failed; running tasks one by one");
+                for task in batch {
+                    self.run_one(app, task).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_one(
+        &mut self,
+        app: &AppState,
+        task: &QueuedTask,
+    ) -> Result<(), crate::store::StoreError> {
+        let conversation = task.task.conversation_id();
+        if self.blocked.contains(&conversation) {
+            return Ok(());
+        }
+        match fanout::fan_out(app, task).await {
+            Ok(()) => self.progressed = true,
             Err(e) => {
                 tracing::warn!(task.id = task.id, attempts = task.attempts, error = %e, "fanout failed; will retry");
-                blocked.insert(conversation);
+                self.blocked.insert(conversation);
                 let run_at = clock::now_ms() + backoff_ms(task.attempts);
                 app.store
                     .retry_task(task.id, run_at, &e.to_string())
                     .await?;
             }
         }
+        Ok(())
     }
-    Ok(progressed)
 }
 
 /// Exponential backoff with jitter: 100 ms doubling to a one-minute ceiling.

@@ -127,7 +127,23 @@ pub fn request_body(item: &OutboxItem) -> serde_json::Value {
         "user_id": item.user_id.to_string(),
         "mobile": item.mobile,
         "text": item.text,
+        "send": item.send_no,
     })
+}
+
+/// The request's `webhook-id`, the same on every attempt so a provider can drop duplicates;
+/// a re-send of the DING is a new request (`_2`, `_3`, … appended).
+fn webhook_id(item: &OutboxItem) -> String {
+    let first = format!(
+        "ding_{}_{}_{}",
+        item.ding_id,
+        item.user_id,
+        item.channel.as_str()
+    );
+    match item.send_no {
+        1 => first,
+        n => format!("{first}_{n}"),
+    }
 }
 
 async fn attempt(app: &AppState, item: &OutboxItem) -> Result<(), String> {
@@ -140,12 +156,7 @@ async fn attempt(app: &AppState, item: &OutboxItem) -> Result<(), String> {
     }
     crate::outgoing::deliver::check_literal_ip(&app.outgoing, &notifier.url)?;
     let body = request_body(item).to_string();
-    let id = format!(
-        "ding_{}_{}_{}",
-        item.ding_id,
-        item.user_id,
-        item.channel.as_str()
-    );
+    let id = webhook_id(item);
     let h = sign::sign(&[&notifier.secret], &id, clock::now_ms(), body.as_bytes());
     let response = app
         .outgoing

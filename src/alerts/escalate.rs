@@ -1,9 +1,10 @@
 //! The escalation timer: one sleeper task per process that sleeps until the earliest pending
-//! timer (or a wake-up, or a poll for timers other processes set), leases the due ones and
-//! fires each. Firing computes the step's effects (DINGs, a group message, the next timer)
-//! and hands them to the store, which writes them in the transaction that deletes the timer:
-//! a timer fires once however many processes race for it, and again after a crash only if its
-//! transaction never committed.
+//! timer (or a wake-up, or a poll for timers other processes set), leases the due ones in
+//! batches and fires each batch in one transaction. Firing computes each step's effects
+//! (DINGs or re-sent DINGs, a group message, the next timer; a step outside its active hours
+//! is skipped) and hands them to the store, which writes them in the transaction that deletes
+//! the timer: a timer fires once however many processes race for it, and again after a crash
+//! only if its transaction never committed.
 
 use std::time::Duration;
 
@@ -15,39 +16,46 @@ use super::policy::{Channel, Policy, Step};
 use crate::ids::{MessageId, UserId};
 use crate::model::{At, Content, Sender, SenderKind, Text};
 use crate::store::{
-    Effects, MessageRecord, NewDing, NewTimelineEntry, NextTimer, StoreError, Timer, TimerKind,
+    Effects, MessageRecord, NewDing, NewTimelineEntry, NextTimer, Resend, StoreError, Timer,
+    TimerKind,
 };
 use crate::{clock, AppState};
 
 /// How long a claimed timer stays hidden from other processes.
 const LEASE_MS: i64 = 30_000;
-/// Timers claimed per round, and fired at once.
+/// Timers claimed per round and fired in one transaction; effects computed this many at once.
 const CLAIM_BATCH: i64 = 256;
 const PARALLEL: usize = 8;
-/// A process looks for timers set by others at least this often.
-const POLL: Duration = Duration::from_millis(500);
+/// With PostgreSQL, other processes may store timers this one hears nothing about: it looks
+/// for them at least this often.
+const PEER_POLL: Duration = Duration::from_millis(500);
+/// The longest sleep otherwise: bounds how long a timer whose fire failed (and whose lease
+/// then ran out) can wait for the next wake-up.
+const IDLE_POLL: Duration = Duration::from_secs(5);
 
-/// Fires due timers until shutdown.
+/// Fires due timers until shutdown. Between rounds it sleeps until the earliest pending
+/// timer is due; storing an earlier one rings `alerts.timers` and cuts the sleep short.
 pub async fn timer_loop(app: AppState, shutdown: CancellationToken) {
+    let longest = if app.config.uses_postgres() {
+        PEER_POLL
+    } else {
+        IDLE_POLL
+    };
     while !shutdown.is_cancelled() {
         if let Err(e) = super::digest::post_due(&app).await {
             tracing::warn!(error = %e, "posting digests failed");
         }
-        let fired = match run_round(&app).await {
+        let claimed = match run_round(&app).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "escalation round failed");
                 0
             }
         };
-        if fired > 0 {
+        if claimed > 0 {
             continue;
         }
-        let now = clock::now_ms();
-        let wait = match app.store.next_timer_due(now).await {
-            Ok(Some(due)) => Duration::from_millis((due - now).clamp(0, 500) as u64),
-            _ => POLL,
-        };
+        let wait = sleep_for(&app, longest).await;
         tokio::select! {
             _ = app.alerts.timers.notified() => {}
             _ = tokio::time::sleep(wait) => {}
@@ -56,35 +64,88 @@ pub async fn timer_loop(app: AppState, shutdown: CancellationToken) {
     }
 }
 
-/// Claims the due timers and fires them; the number claimed.
+/// How long to sleep: until the earliest unleased timer is due, at most `longest`.
+async fn sleep_for(app: &AppState, longest: Duration) -> Duration {
+    let now = clock::now_ms();
+    match app.store.next_timer_due(now).await {
+        Ok(Some(due)) => Duration::from_millis((due - now).max(0) as u64).min(longest),
+        Ok(None) => longest,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the next due timer failed");
+            longest
+        }
+    }
+}
+
+/// Claims a batch of due timers, computes each one's effects and fires the batch in one
+/// transaction; the number claimed.
 async fn run_round(app: &AppState) -> Result<usize, StoreError> {
     let timers = app
         .store
         .claim_timers(clock::now_ms(), LEASE_MS, CLAIM_BATCH)
         .await?;
     let claimed = timers.len();
-    let fired: Vec<bool> = stream::iter(timers)
+    if claimed == 0 {
+        return Ok(0);
+    }
+    let prepared: Vec<(Timer, Effects)> = stream::iter(timers)
         .map(|timer| async move {
-            match fire(app, &timer).await {
-                Ok(fired) => fired,
+            match prepare(app, &timer).await {
+                Ok(effects) => Some((timer, effects)),
                 Err(e) => {
                     tracing::warn!(incident.id = %timer.incident_id, error = %e, "escalation timer failed; retried after its lease");
-                    false
+                    None
                 }
             }
         })
-        .buffer_unordered(PARALLEL)
+        .buffered(PARALLEL)
+        .filter_map(|p| async move { p })
         .collect()
         .await;
-    if fired.iter().any(|f| *f) {
+    let fired = fire_batch(app, &prepared).await;
+    if fired > 0 {
         super::ding::wake_lanes(app);
         app.alerts.notify.notify_one();
     }
     Ok(claimed)
 }
 
-/// Fires one timer: false if another process (or an ack, a resolve) got there first.
-async fn fire(app: &AppState, timer: &Timer) -> Result<bool, StoreError> {
+/// Fires the batch in one transaction; if that fails, each timer on its own so one bad
+/// timer does not hold the others back until their leases run out. The number fired.
+async fn fire_batch(app: &AppState, batch: &[(Timer, Effects)]) -> usize {
+    if batch.is_empty() {
+        return 0;
+    }
+    match app.store.fire_timers(batch).await {
+        Ok(fired) => {
+            let now = clock::now_ms();
+            for ((timer, _), _) in batch.iter().zip(&fired).filter(|(_, f)| **f) {
+                tracing::debug!(incident.id = %timer.incident_id, step = timer.step, lateness_ms = now - timer.due_at_ms, "escalation step fired");
+            }
+            return fired.iter().filter(|f| **f).count();
+        }
+        Err(e) if batch.len() > 1 => {
+            tracing::warn!(error = %e, timers = batch.len(), "firing a batch failed; firing one by one")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "escalation timer failed; retried after its lease");
+            return 0;
+        }
+    }
+    let mut fired = 0;
+    for one in batch {
+        match app.store.fire_timers(std::slice::from_ref(one)).await {
+            Ok(f) => fired += f.iter().filter(|f| **f).count(),
+            Err(e) => {
+                tracing::warn!(incident.id = %one.0.incident_id, error = %e, "escalation timer failed; retried after its lease")
+            }
+        }
+    }
+    fired
+}
+
+/// What one due timer will write, read from its incident and policy as they are now.
+async fn prepare(app: &AppState, timer: &Timer) -> Result<Effects, StoreError> {
     let incident = app.store.get_incident_any(timer.incident_id).await?;
     let policy = match incident.policy_id {
         Some(id) => match app.store.get_policy(incident.org_id, id).await {
@@ -94,13 +155,7 @@ async fn fire(app: &AppState, timer: &Timer) -> Result<bool, StoreError> {
         },
         None => None,
     };
-    let effects = effects(app, &incident, policy.as_ref(), timer, clock::now_ms()).await?;
-    let fired = app.store.fire_timer(timer, &effects).await?;
-    if fired {
-        let lateness = clock::now_ms() - timer.due_at_ms;
-        tracing::debug!(incident.id = %incident.id, step = timer.step, lateness_ms = lateness, "escalation step fired");
-    }
-    Ok(fired)
+    effects(app, &incident, policy.as_ref(), timer, clock::now_ms()).await
 }
 
 /// What a due timer writes.
@@ -142,7 +197,13 @@ async fn effects(
             let Some(step) = policy.spec.steps.get(timer.step as usize) else {
                 return Ok(effects);
             };
-            notify(app, incident, step, timer, now, &mut effects).await?;
+            match &step.active {
+                Some(window) if !window.contains(now) => {
+                    let reason = format!("outside active hours ({})", window.describe());
+                    effects.timeline.push(skipped(step, timer, &reason));
+                }
+                _ => notify(app, incident, step, timer, now, &mut effects).await?,
+            }
             if let Some((next, round)) = policy.spec.after(timer.step, timer.round) {
                 effects.step = next;
                 effects.round = round;
@@ -160,7 +221,7 @@ async fn effects(
     Ok(effects)
 }
 
-/// Adds the step's notification (a DING or a group message) to the effects.
+/// Adds the step's notification (a DING, a re-sent DING or a group message) to the effects.
 async fn notify(
     app: &AppState,
     incident: &Incident,
@@ -169,31 +230,28 @@ async fn notify(
     now: i64,
     effects: &mut Effects,
 ) -> Result<(), StoreError> {
-    let mut users: Vec<UserId> = step.targets.users.clone();
-    if step.targets.conversation_owner {
-        let org = incident.org_id;
-        match app
-            .store
-            .get_conversation(org, incident.conversation_id)
-            .await
-        {
-            Ok(c) => users.push(c.owner_id),
-            Err(StoreError::NotFound(_)) => {}
-            Err(e) => return Err(e),
+    if step.resend {
+        if let Some(resend) = resend_of(app, incident, step, now).await? {
+            let details = serde_json::json!({
+                "step": timer.step, "round": timer.round, "ding_id": resend.ding.to_string(),
+                "users": resend.users.iter().map(|u| u.to_string()).collect::<Vec<_>>(),
+                "lateness_ms": now - timer.due_at_ms,
+            });
+            effects.timeline.push(NewTimelineEntry {
+                channel: step.channel.as_str().into(),
+                ..entry("resent", details)
+            });
+            effects.resends.push(resend);
+            return Ok(());
+        }
+        if step.targets.is_empty() {
+            effects
+                .timeline
+                .push(skipped(step, timer, "no unconfirmed DING to re-send"));
+            return Ok(());
         }
     }
-    for id in &step.targets.rotations {
-        match app.store.get_rotation(incident.org_id, *id).await {
-            Ok(r) => match r.spec.oncall(now) {
-                Ok(on) => users.push(on.user),
-                Err(e) => tracing::warn!(rotation.id = %id, error = %e, "rotation unusable"),
-            },
-            Err(StoreError::NotFound(_)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    users.sort_unstable();
-    users.dedup();
+    let users = targets(app, incident, step, now).await?;
     let text = format!(
         "🚨 {} (incident #{}, {} firing{})",
         incident.title,
@@ -230,6 +288,79 @@ async fn notify(
         }),
     }
     Ok(())
+}
+
+/// The incident's latest DING as a re-send to its recipients who have not confirmed it; None
+/// when there is no DING or everyone confirmed.
+async fn resend_of(
+    app: &AppState,
+    incident: &Incident,
+    step: &Step,
+    now: i64,
+) -> Result<Option<Resend>, StoreError> {
+    let Some(ding) = app.store.latest_ding(incident.id).await? else {
+        return Ok(None);
+    };
+    let users: Vec<UserId> = ding
+        .recipients
+        .iter()
+        .filter(|r| r.confirmed_at_ms.is_none())
+        .map(|r| r.user)
+        .collect();
+    if users.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Resend {
+        ding: ding.id,
+        users,
+        channel: step.channel,
+        now_ms: now,
+    }))
+}
+
+/// A timeline line for a step that did not notify anyone, and why.
+fn skipped(step: &Step, timer: &Timer, reason: &str) -> NewTimelineEntry {
+    let details = serde_json::json!({"step": timer.step, "round": timer.round, "reason": reason});
+    NewTimelineEntry {
+        channel: step.channel.as_str().into(),
+        ..entry("skipped", details)
+    }
+}
+
+/// Who the step notifies now: its named users, the conversation's owner and whoever is on
+/// call in its rotations.
+async fn targets(
+    app: &AppState,
+    incident: &Incident,
+    step: &Step,
+    now: i64,
+) -> Result<Vec<UserId>, StoreError> {
+    let mut users: Vec<UserId> = step.targets.users.clone();
+    if step.targets.conversation_owner {
+        let org = incident.org_id;
+        match app
+            .store
+            .get_conversation(org, incident.conversation_id)
+            .await
+        {
+            Ok(c) => users.push(c.owner_id),
+            Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    for id in &step.targets.rotations {
+        match app.store.get_rotation(incident.org_id, *id).await {
+            Ok(r) => match r.spec.oncall(now) {
+                Ok(on) => users.push(on.user),
+                Err(e) => tracing::warn!(rotation.id = %id, error = %e, "rotation unusable"),
+            },
+            Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    users.sort_unstable();
+    users.dedup();
+    Ok(users)
 }
 
 /// A message in the incident's conversation that @-mentions the step's targets.

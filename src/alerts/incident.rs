@@ -4,6 +4,7 @@
 //! incident's pending timer; nothing here sleeps.
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::adapt::Normalized;
 use crate::error::ApiError;
@@ -16,7 +17,7 @@ use crate::{clock, AppState};
 use super::policy::Policy;
 
 /// An incident's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     Triggered,
@@ -72,11 +73,12 @@ pub struct Incident {
 }
 
 /// One line of an incident's timeline: who did what, when, through which channel.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TimelineEntry {
     pub action: String,
     pub actor: String,
     pub channel: String,
+    #[schema(value_type = Object)]
     pub details: serde_json::Value,
     pub at: String,
 }

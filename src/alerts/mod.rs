@@ -5,8 +5,10 @@
 //!    transaction that also sets the incident's single pending timer.
 //! 2. **card** (`card`): the alert card shows the incident's state and signed
 //!    Acknowledge/Resolve buttons; a state change updates it in place (`message.updated`).
-//! 3. **escalate** (`escalate::timer_loop`): the durable timer; a due step becomes DINGs or a
-//!    group message, written in the transaction that deletes the timer.
+//! 3. **escalate** (`escalate::timer_loop`): the durable timer; a due step becomes DINGs, a
+//!    re-send of an unconfirmed DING or a group message, written in the transaction that
+//!    deletes the timer (a batch of due steps per transaction); a step outside its active
+//!    hours (`window`) is skipped.
 //! 4. **ding** (`ding`): a DING is a `ding` event in each recipient's inbox (through the core
 //!    fanout) plus, for SMS and voice, signed requests to the org's notification provider
 //!    (`ding::notify_loop`).
@@ -25,6 +27,7 @@ pub mod incident;
 pub mod policy;
 pub mod reply;
 pub mod rotation;
+pub mod window;
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;

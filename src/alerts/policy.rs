@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::window::ActiveWindow;
 use crate::ids::{OrgId, PolicyId, RotationId, UserId};
 
 /// At most this many steps per policy, and passes through them.
@@ -73,7 +74,7 @@ pub struct Targets {
 }
 
 impl Targets {
-    fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.users.is_empty() && !self.conversation_owner && self.rotations.is_empty()
     }
 }
@@ -84,8 +85,37 @@ impl Targets {
 pub struct Step {
     /// Seconds after the previous step fired (the first step: after the incident opened).
     pub wait_seconds: u64,
+    /// May be empty on a `resend` step.
+    #[serde(default)]
     pub targets: Targets,
     pub channel: Channel,
+    /// The step fires only within these hours; outside them it is skipped and the chain goes
+    /// on to the next step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<ActiveWindow>,
+    /// Re-send the incident's latest DING (same id) to its recipients who have not confirmed
+    /// it, through this step's channel, instead of a new DING; the targets, if any, get a new
+    /// DING only when there is nothing to re-send.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resend: bool,
+}
+
+impl Step {
+    /// Checks the step's targets, resend option and window; the error starts with the field.
+    fn validate(&self) -> Result<(), String> {
+        if self.targets.is_empty() && !self.resend {
+            return Err("targets names nobody".into());
+        }
+        if self.resend && self.channel == Channel::Group {
+            return Err(
+                "resend re-sends a DING: channel must be ding_app, ding_sms or ding_call".into(),
+            );
+        }
+        if let Some(window) = &self.active {
+            window.validate().map_err(|e| format!("active: {e}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// Everything about a policy an admin sets.
@@ -138,9 +168,7 @@ impl PolicySpec {
                     "steps[{i}].wait_seconds must be at most {MAX_WAIT_SECONDS}"
                 ));
             }
-            if step.targets.is_empty() {
-                return Err(format!("steps[{i}].targets names nobody"));
-            }
+            step.validate().map_err(|e| format!("steps[{i}].{e}"))?;
         }
         if self
             .ack_timeout_seconds
@@ -206,6 +234,8 @@ mod tests {
                 rotations: vec![],
             },
             channel: Channel::DingApp,
+            active: None,
+            resend: false,
         };
         PolicySpec {
             steps: vec![step; steps],
@@ -233,6 +263,21 @@ mod tests {
         let mut nobody = spec(1, 0);
         nobody.steps[0].targets.users.clear();
         assert!(nobody.validate().unwrap_err().contains("names nobody"));
+        nobody.steps[0].resend = true;
+        assert!(nobody.validate().is_ok(), "a resend step may name nobody");
+        nobody.steps[0].channel = Channel::Group;
+        assert!(nobody.validate().unwrap_err().contains("steps[0].resend"));
+        let mut windowed = spec(1, 0);
+        windowed.steps[0].active = Some(ActiveWindow {
+            days: vec![],
+            from: "25:00".into(),
+            to: "06:00".into(),
+            time_zone: "UTC".into(),
+        });
+        assert!(windowed
+            .validate()
+            .unwrap_err()
+            .starts_with("steps[0].active: from"));
     }
 
     #[test]

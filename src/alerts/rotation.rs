@@ -7,6 +7,7 @@ use jiff::civil::{Date, Time};
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::ids::{OrgId, UserId};
 
@@ -14,7 +15,7 @@ const MAX_MEMBERS: usize = 200;
 const MAX_OVERRIDES: usize = 500;
 
 /// How often the turn passes to the next member.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Handoff {
     Daily,
@@ -23,7 +24,7 @@ pub enum Handoff {
 }
 
 /// Someone else on call from `start` (inclusive) to `end` (exclusive), RFC 3339.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Override {
     pub user_id: UserId,
@@ -32,7 +33,7 @@ pub struct Override {
 }
 
 /// Everything about a rotation an admin sets.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotationSpec {
     /// In turn order; the first is on call from the first hand-off on `start`.

@@ -1,6 +1,7 @@
 //! Outgoing bots: registration by org admins, the delivery log and redelivery, and the
 //! sessionWebhook a bot replies through. Handlers validate and call one store or `outgoing`
-//! function each; delivery itself happens in `outgoing::worker`.
+//! function each; delivery itself happens in `outgoing::worker`. A bot either calls a URL or
+//! runs a `herald:bot` plugin (`bot_target` checks which).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,13 +10,16 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use std::collections::BTreeMap;
+
+use super::bot_target;
 use super::{paginate, PageParams};
 use crate::auth::{Admin, Caller};
 use crate::error::{ApiError, Json, Path, Query};
-use crate::ids::{BotId, ConversationId, DeliveryId, MessageId};
+use crate::ids::{BotId, ConversationId, DeliveryId, MessageId, PluginId};
 use crate::model::{Conversation, ConversationKind};
 use crate::outgoing::triggers::{BotEvent, Trigger};
-use crate::outgoing::{reply, sign, ssrf, worker};
+use crate::outgoing::{reply, sign, worker};
 use crate::store::{Bot, BotPatch, Delivery, DeliveryState, NewBot, NewConversation};
 use crate::{clock, AppState};
 
@@ -42,7 +46,16 @@ pub fn router() -> Router<AppState> {
 pub(crate) struct CreateBot {
     /// Shown as the sender of its replies; members @-mention it by `chatbot_user_id`.
     name: String,
-    callback_url: String,
+    /// Where the events are POSTed. A bot has this or `plugin_id`.
+    #[serde(default)]
+    callback_url: Option<String>,
+    /// A `herald:bot@0.1.0` plugin of the org (`GET /api/v1/plugins`) that answers the events
+    /// inside herald, instead of a URL.
+    #[serde(default)]
+    plugin_id: Option<String>,
+    /// Settings and secrets a plugin bot reads with its `config` import.
+    #[serde(default)]
+    config: BTreeMap<String, String>,
     #[serde(default)]
     conversations: Vec<ConversationId>,
     triggers: Vec<Trigger>,
@@ -57,7 +70,12 @@ pub(crate) struct CreateBot {
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateBot {
     name: Option<String>,
+    /// An HTTP bot's new URL.
     callback_url: Option<String>,
+    /// A plugin bot's new plugin (e.g. a new version), applied to the next delivery.
+    plugin_id: Option<String>,
+    /// A plugin bot's new config (the whole map).
+    config: Option<BTreeMap<String, String>>,
     /// The full new list; installing in a new conversation posts a notice there.
     conversations: Option<Vec<ConversationId>>,
     triggers: Option<Vec<Trigger>>,
@@ -73,7 +91,15 @@ pub(crate) struct BotView {
     id: BotId,
     chatbot_user_id: String,
     name: String,
-    callback_url: String,
+    /// An HTTP bot's URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    callback_url: Option<String>,
+    /// A plugin bot's plugin.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plugin_id: Option<PluginId>,
+    /// A plugin bot's config.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config: Option<BTreeMap<String, String>>,
     conversations: Vec<ConversationId>,
     triggers: Vec<Trigger>,
     keywords: Vec<String>,
@@ -96,7 +122,9 @@ impl BotView {
             id: bot.id,
             chatbot_user_id: bot.chatbot_user_id(),
             name: bot.name.clone(),
-            callback_url: bot.callback_url.clone(),
+            callback_url: bot.plugin_id.is_none().then(|| bot.callback_url.clone()),
+            plugin_id: bot.plugin_id,
+            config: bot.plugin_id.map(|_| bot.config.clone()),
             conversations: bot.conversations.clone(),
             triggers: bot.triggers.clone(),
             keywords: bot.keywords.clone(),
@@ -127,13 +155,6 @@ fn check_name(name: &str) -> Result<String, ApiError> {
         return Err(ApiError::bad_request("name must be 1 to 64 characters"));
     }
     Ok(name.to_string())
-}
-
-async fn check_callback(app: &AppState, url: &str) -> Result<String, ApiError> {
-    ssrf::check_url(url, &app.outgoing.allow)
-        .await
-        .map_err(|e| ApiError::bad_request(format!("callback_url refused: {e:#}")))?;
-    Ok(url.to_string())
 }
 
 fn check_rules(
@@ -183,10 +204,21 @@ pub(crate) async fn create_bot(
     Json(body): Json<CreateBot>,
 ) -> Result<(StatusCode, Json<BotView>), ApiError> {
     check_rules(&body.triggers, &body.keywords, &body.events)?;
+    bot_target::check_config(&body.config, body.plugin_id.is_some())?;
+    let target = bot_target::check(
+        &app,
+        caller.org(),
+        body.callback_url.as_deref(),
+        body.plugin_id.as_deref(),
+    )
+    .await?;
+    let (callback_url, plugin_id) = target.into_parts();
     let new = NewBot {
         org_id: caller.org(),
         name: check_name(&body.name)?,
-        callback_url: check_callback(&app, &body.callback_url).await?,
+        callback_url,
+        plugin_id,
+        config: body.config,
         secret: sign::generate_secret(),
         triggers: body.triggers,
         keywords: body.keywords,
@@ -294,12 +326,19 @@ pub(crate) async fn update_bot(
         body.keywords.as_ref().unwrap_or(&old.keywords),
         body.events.as_ref().unwrap_or(&old.events),
     )?;
+    let (callback_url, plugin_id) = bot_target::check_change(
+        &app,
+        &old,
+        body.callback_url.as_deref(),
+        body.plugin_id.as_deref(),
+        body.config.as_ref(),
+    )
+    .await?;
     let patch = BotPatch {
         name: body.name.as_deref().map(check_name).transpose()?,
-        callback_url: match &body.callback_url {
-            Some(url) => Some(check_callback(&app, url).await?),
-            None => None,
-        },
+        callback_url,
+        plugin_id,
+        config: body.config,
         triggers: body.triggers,
         keywords: body.keywords,
         events: body.events,

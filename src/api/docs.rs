@@ -11,7 +11,10 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/openapi.json", get(openapi_json))
 }
 
-async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+/// This document.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "health",
+    responses((status = 200, description = "the OpenAPI 3 document", body = Object)))]
+pub(crate) async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
     axum::Json(ApiDoc::openapi())
 }
 
@@ -79,6 +82,16 @@ pub struct EventDoc {
         super::robots::list_mentions, super::robots::set_mentions,
         super::plugins::upload_plugin, super::plugins::list_plugins, super::plugins::get_plugin,
         super::plugins::delete_plugin,
+        super::incidents::list_incidents, super::incidents::get_incident, super::incidents::ack,
+        super::incidents::resolve, super::incidents::silence, super::incidents::card_action,
+        super::escalation::create, super::escalation::list, super::escalation::read,
+        super::escalation::update, super::escalation::delete,
+        super::dings::create, super::dings::read, super::dings::confirm, super::dings::resend,
+        super::dings::set_provider, super::dings::get_provider,
+        super::rotations::create, super::rotations::list, super::rotations::read,
+        super::rotations::replace, super::rotations::delete, super::rotations::oncall,
+        crate::ingress::dingtalk::send, crate::ingress::hooks::receive,
+        super::healthz, openapi_json,
     ),
     components(schemas(crate::error::ErrorBody, MessageDoc, EventDoc)),
     modifiers(&BearerAuth),

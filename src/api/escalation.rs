@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{paginate, PageParams};
 use crate::alerts::policy::{Policy, PolicySpec, Step};
@@ -25,13 +26,15 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreatePolicy {
     name: String,
     steps: Vec<Step>,
+    /// How many more times the chain runs after its last step (0: once).
     #[serde(default)]
     repeat: u32,
+    /// Label matchers: `{"team": "payments"}`.
     #[serde(default, rename = "match")]
     matchers: BTreeMap<String, String>,
     ack_timeout_seconds: Option<u64>,
@@ -53,7 +56,7 @@ impl CreatePolicy {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct PolicyView {
     id: PolicyId,
     name: String,
@@ -104,6 +107,10 @@ async fn check(app: &AppState, org: OrgId, name: &str, spec: &PolicySpec) -> Res
     Ok(())
 }
 
+/// Creates a policy; every named user and rotation must be in the org.
+#[utoipa::path(post, path = "/api/v1/escalation-policies", tag = "escalation", request_body = CreatePolicy,
+    responses((status = 201, body = PolicyView), (status = 400, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn create(
     State(app): State<AppState>,
     Admin(caller): Admin,
@@ -115,13 +122,17 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, Json(policy.into())))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct PolicyList {
     escalation_policies: Vec<PolicyView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     next_cursor: Option<String>,
 }
 
+/// The org's policies, oldest first.
+#[utoipa::path(get, path = "/api/v1/escalation-policies", tag = "escalation", params(PageParams),
+    responses((status = 200, body = PolicyList), (status = 400, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn list(
     State(app): State<AppState>,
     Admin(caller): Admin,
@@ -139,6 +150,10 @@ pub(crate) async fn list(
     }))
 }
 
+/// One policy of the org.
+#[utoipa::path(get, path = "/api/v1/escalation-policies/{id}", tag = "escalation", params(("id" = String, Path)),
+    responses((status = 200, body = PolicyView), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn read(
     State(app): State<AppState>,
     Admin(caller): Admin,
@@ -148,7 +163,7 @@ pub(crate) async fn read(
 }
 
 /// Changes to a policy; absent fields stay as they are.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PatchPolicy {
     name: Option<String>,
@@ -160,6 +175,12 @@ pub(crate) struct PatchPolicy {
     flap_window_seconds: Option<u64>,
 }
 
+/// Changes a policy; incidents already escalating use the new steps from their next step on.
+#[utoipa::path(patch, path = "/api/v1/escalation-policies/{id}", tag = "escalation", params(("id" = String, Path)),
+    request_body = PatchPolicy,
+    responses((status = 200, body = PolicyView), (status = 400, body = crate::error::ErrorBody),
+              (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn update(
     State(app): State<AppState>,
     Admin(caller): Admin,
@@ -191,6 +212,10 @@ pub(crate) async fn update(
     Ok(Json(policy.into()))
 }
 
+/// Deletes a policy; incidents that used it stop escalating.
+#[utoipa::path(delete, path = "/api/v1/escalation-policies/{id}", tag = "escalation", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn delete(
     State(app): State<AppState>,
     Admin(caller): Admin,

@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::routing::{get, post};
 use axum::Router;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{paginate, PageParams};
 use crate::alerts::card;
@@ -37,7 +38,7 @@ pub fn card_router() -> Router<AppState> {
 }
 
 /// An incident as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct IncidentView {
     id: IncidentId,
     state: IncidentState,
@@ -84,18 +85,22 @@ impl From<Incident> for IncidentView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListParams {
+    /// triggered, acknowledged, resolved or silenced.
     state: Option<String>,
     robot_id: Option<RobotId>,
-    /// `key=value`
+    /// `key=value`, one of the incident's labels.
     label: Option<String>,
+    /// Items per page, 1–1000 (default 100).
     limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct IncidentList {
     incidents: Vec<IncidentView>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -103,6 +108,9 @@ pub(crate) struct IncidentList {
 }
 
 /// The org's incidents, newest first.
+#[utoipa::path(get, path = "/api/v1/incidents", tag = "incidents", params(ListParams),
+    responses((status = 200, body = IncidentList), (status = 400, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn list_incidents(
     State(app): State<AppState>,
     caller: Caller,
@@ -146,6 +154,9 @@ pub(crate) async fn list_incidents(
 }
 
 /// One incident with its timeline.
+#[utoipa::path(get, path = "/api/v1/incidents/{id}", tag = "incidents", params(("id" = String, Path)),
+    responses((status = 200, body = IncidentView), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn get_incident(
     State(app): State<AppState>,
     caller: Caller,
@@ -184,6 +195,9 @@ async fn act(
 }
 
 /// Acknowledge: stops the escalation (until the policy's acknowledgement timeout).
+#[utoipa::path(post, path = "/api/v1/incidents/{id}/ack", tag = "incidents", params(("id" = String, Path)),
+    responses((status = 200, body = IncidentView), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn ack(
     State(app): State<AppState>,
     caller: Caller,
@@ -193,6 +207,9 @@ pub(crate) async fn ack(
 }
 
 /// Resolve: closes the incident and ends its escalation.
+#[utoipa::path(post, path = "/api/v1/incidents/{id}/resolve", tag = "incidents", params(("id" = String, Path)),
+    responses((status = 200, body = IncidentView), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn resolve(
     State(app): State<AppState>,
     caller: Caller,
@@ -201,13 +218,19 @@ pub(crate) async fn resolve(
     act(&app, &caller, id, Action::Resolve).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SilenceBody {
+    /// 1 to 2,592,000 (30 days).
     seconds: u64,
 }
 
 /// Silence: no escalation until the time; then it resumes where it stood.
+#[utoipa::path(post, path = "/api/v1/incidents/{id}/silence", tag = "incidents", params(("id" = String, Path)),
+    request_body = SilenceBody,
+    responses((status = 200, body = IncidentView), (status = 400, body = crate::error::ErrorBody),
+              (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn silence(
     State(app): State<AppState>,
     caller: Caller,
@@ -223,12 +246,19 @@ pub(crate) async fn silence(
     act(&app, &caller, id, Action::Silence { until_ms }).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct CardParams {
+    /// The HMAC of the incident and the action that the card's button URL carries.
     sig: Option<String>,
 }
 
-/// A card button: the signature names the incident and the action.
+/// A card button: the signature names the incident and the action. GET and POST both act
+/// (a chat client opens a button's URL with GET).
+#[utoipa::path(method(get, post), path = "/alerts/incidents/{id}/{action}", tag = "incidents",
+    params(("id" = String, Path), ("action" = String, Path, description = "ack or resolve"), CardParams),
+    responses((status = 200, body = IncidentView), (status = 403, body = crate::error::ErrorBody),
+              (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn card_action(
     State(app): State<AppState>,
     Path((id, action)): Path<(IncidentId, String)>,

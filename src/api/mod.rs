@@ -1,6 +1,7 @@
 //! Ingress: the HTTP API. Each area exports `router()`; handlers are thin (authorize through
 //! an extractor, call one stage function, answer). Errors go through `error::ApiError`.
 
+mod bot_target;
 mod bots;
 mod conversations;
 mod dings;
@@ -49,7 +50,9 @@ pub fn router(app: AppState) -> Router {
         .with_state(app)
 }
 
-async fn healthz() -> &'static str {
+/// 200 once the server is ready.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = String)))]
+pub(crate) async fn healthz() -> &'static str {
     "ok"
 }
 

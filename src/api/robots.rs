@@ -212,6 +212,14 @@ async fn check_plugin(
                 || ApiError::bad_request(format!("plugin_id {id:?} names no plugin of this org"));
             let id: crate::ids::PluginId = id.parse().map_err(|_| missing())?;
             match app.store.get_plugin(org, id).await {
+                Ok(p) if p.world != crate::plugin::v0_1::WORLD => {
+                    Err(ApiError::bad_request(format!(
+                        "plugin {id} implements {}; a robot needs a {} plugin (bot plugins \
+                         are registered with POST /api/v1/bots)",
+                        p.world,
+                        crate::plugin::v0_1::WORLD
+                    )))
+                }
                 Ok(_) => Ok(()),
                 Err(crate::store::StoreError::NotFound(_)) => Err(missing()),
                 Err(e) => Err(e.into()),
@@ -426,6 +434,7 @@ pub(crate) async fn update_robot(
         robot.secret = Some(robot::new_dingtalk_secret());
     }
     app.store.save_robot(&robot).await?;
+    app.known_robots.forget_all();
     Ok(Json(RobotView::of(&app, robot, false).await?))
 }
 
@@ -439,6 +448,7 @@ pub(crate) async fn delete_robot(
     Path(id): Path<RobotId>,
 ) -> Result<StatusCode, ApiError> {
     app.store.delete_robot(caller.org(), id).await?;
+    app.known_robots.forget_all();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -467,6 +477,7 @@ pub(crate) async fn rotate_robot(
             .or_else(|| Some(robot::new_shared_secret()));
     }
     app.store.save_robot(&robot).await?;
+    app.known_robots.forget_all();
     Ok(Json(RobotView::of(&app, robot, true).await?))
 }
 

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{paginate, PageParams};
 use crate::alerts::rotation::{Rotation, RotationSpec};
@@ -21,7 +22,7 @@ pub fn router() -> Router<AppState> {
         .route("/rotations/{id}/oncall", get(oncall))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RotationBody {
     name: String,
@@ -48,7 +49,7 @@ impl RotationBody {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct RotationView {
     id: RotationId,
     name: String,
@@ -95,6 +96,10 @@ async fn check(
     Ok(())
 }
 
+/// Creates a rotation; every member and override user must be in the org.
+#[utoipa::path(post, path = "/api/v1/rotations", tag = "rotations", request_body = RotationBody,
+    responses((status = 201, body = RotationView), (status = 400, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn create(
     State(app): State<AppState>,
     Admin(caller): Admin,
@@ -109,13 +114,17 @@ pub(crate) async fn create(
     Ok((StatusCode::CREATED, Json(rotation.into())))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct RotationList {
     rotations: Vec<RotationView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     next_cursor: Option<String>,
 }
 
+/// The org's rotations, oldest first.
+#[utoipa::path(get, path = "/api/v1/rotations", tag = "rotations", params(PageParams),
+    responses((status = 200, body = RotationList), (status = 400, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn list(
     State(app): State<AppState>,
     caller: Caller,
@@ -133,6 +142,10 @@ pub(crate) async fn list(
     }))
 }
 
+/// One rotation of the org.
+#[utoipa::path(get, path = "/api/v1/rotations/{id}", tag = "rotations", params(("id" = String, Path)),
+    responses((status = 200, body = RotationView), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn read(
     State(app): State<AppState>,
     caller: Caller,
@@ -142,6 +155,11 @@ pub(crate) async fn read(
 }
 
 /// Replaces the whole rotation (members, hand-off, overrides).
+#[utoipa::path(put, path = "/api/v1/rotations/{id}", tag = "rotations", params(("id" = String, Path)),
+    request_body = RotationBody,
+    responses((status = 200, body = RotationView), (status = 400, body = crate::error::ErrorBody),
+              (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn replace(
     State(app): State<AppState>,
     Admin(caller): Admin,
@@ -157,6 +175,10 @@ pub(crate) async fn replace(
     Ok(Json(rotation.into()))
 }
 
+/// Deletes a rotation; steps naming it notify nobody through it from then on.
+#[utoipa::path(delete, path = "/api/v1/rotations/{id}", tag = "rotations", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn delete(
     State(app): State<AppState>,
     Admin(caller): Admin,
@@ -166,14 +188,15 @@ pub(crate) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct OnCallParams {
     /// RFC 3339; now when absent.
     at: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct OnCallView {
     rotation_id: RotationId,
     at: String,
@@ -182,6 +205,12 @@ pub(crate) struct OnCallView {
     source: &'static str,
 }
 
+/// Who is on call in the rotation at `at` (now by default).
+#[utoipa::path(get, path = "/api/v1/rotations/{id}/oncall", tag = "rotations",
+    params(("id" = String, Path), OnCallParams),
+    responses((status = 200, body = OnCallView), (status = 400, body = crate::error::ErrorBody),
+              (status = 404, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn oncall(
     State(app): State<AppState>,
     caller: Caller,

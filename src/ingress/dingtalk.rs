@@ -12,13 +12,15 @@ use serde::{Deserialize, Serialize};
 
 use super::post::{post, Outgoing, PostError};
 use super::{parse_query, RawWebhook};
-use crate::model::{At, Content};
-use crate::robot::RobotKind;
+use crate::ids::MessageId;
+use crate::model::{At, Content, Message};
+use crate::robot::{Grouping, RobotKind};
+use crate::store::{Enqueued, StoreError};
 use crate::verify::{verify, VerifyError};
 use crate::{clock, AppState};
 
 /// DingTalk's answer body.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DingReply {
     pub errcode: i64,
     pub errmsg: String,
@@ -58,6 +60,14 @@ struct DingBody {
     rest: serde_json::Map<String, serde_json::Value>,
 }
 
+/// DingTalk's custom robot: a DingTalk-format message (plus herald's `incident_key`,
+/// `incident_status` and `severity` for a robot marked alerting). Always HTTP 200; `errcode`
+/// says what happened, as DingTalk's does.
+#[utoipa::path(post, path = "/robot/send", tag = "ingress",
+    params(("access_token" = String, Query), ("timestamp" = Option<String>, Query, description = "ms, with sign"),
+           ("sign" = Option<String>, Query, description = "base64 HMAC-SHA256 of timestamp + \"\\n\" + secret")),
+    request_body(content = Object, content_type = "application/json"),
+    responses((status = 200, body = DingReply)))]
 pub async fn send(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -75,7 +85,7 @@ pub async fn send(
     let Some(token) = query.get("access_token").filter(|t| !t.is_empty()).cloned() else {
         return reply(codes::TOKEN_NOT_EXIST, "token is not exist");
     };
-    let robot = match app.store.robot_by_token(&token).await {
+    let robot = match app.known_robots.by_token(app.store.as_ref(), &token).await {
         Ok(Some(robot)) if robot.kind == RobotKind::Custom => robot,
         Ok(_) => return reply(codes::TOKEN_NOT_EXIST, "token is not exist"),
         Err(e) => {
@@ -114,12 +124,19 @@ pub async fn send(
         Ok(o) => o,
         Err(msg) => return reply(codes::INVALID_PARAM, msg),
     };
-    if let Err(e) = alert(&app, &verified, &mut outgoing).await {
-        tracing::error!(robot.id = %robot_id, error = %e, "opening the incident failed");
-        return reply(codes::SYSTEM_BUSY, "system busy");
-    }
-    match post(&app, &verified.robot, outgoing).await {
-        Ok(_) => reply(codes::OK, "ok"),
+    let card_key = match alert(&app, &verified, &mut outgoing).await {
+        Ok(key) => key,
+        Err(e) => {
+            tracing::error!(robot.id = %robot_id, error = %e, "opening the incident failed");
+            return reply(codes::SYSTEM_BUSY, "system busy");
+        }
+    };
+    let posted = match card_key {
+        Some(key) => post_card(&app, &verified.robot, outgoing, &key).await,
+        None => post(&app, &verified.robot, outgoing).await.map(|_| ()),
+    };
+    match posted {
+        Ok(()) => reply(codes::OK, "ok"),
         Err(e) => {
             tracing::info!(robot.id = %robot_id, error = %e, "robot message refused");
             post_error_reply(e)
@@ -128,25 +145,95 @@ pub async fn send(
 }
 
 /// A custom robot marked alerting: the body's `incident_key` opens or updates an incident, and
-/// the message becomes its card (status line and buttons).
+/// the message becomes its card (status line and buttons). Returns the card's key when the
+/// message is about an incident.
 async fn alert(
     app: &AppState,
     raw: &RawWebhook<super::Verified>,
     outgoing: &mut Outgoing,
-) -> Result<(), crate::error::ApiError> {
+) -> Result<Option<String>, crate::error::ApiError> {
     if !raw.robot.spec.alerting {
-        return Ok(());
+        return Ok(None);
     }
     let Some(event) = crate::alerts::incident::custom_event(&raw.body, &outgoing.content) else {
-        return Ok(());
+        return Ok(None);
     };
     let incident =
         crate::alerts::incident::observe(app, &raw.robot, &event, Some(&outgoing.content)).await?;
-    if let Some(incident) = incident {
-        outgoing.content = crate::alerts::card::decorate(app, &outgoing.content, &incident);
-        outgoing.thread_key = event.object_key;
+    let Some(incident) = incident else {
+        return Ok(None);
+    };
+    outgoing.content = crate::alerts::card::decorate(app, &outgoing.content, &incident);
+    outgoing.thread_key = event.object_key;
+    Ok(outgoing.thread_key.clone())
+}
+
+/// The grouping engine for a custom robot's alert card, as for the alert senders' cards: the
+/// first message about the incident's key posts the card and remembers it (so an ack or
+/// resolve from anywhere rewrites it in place); later ones update it in place and, as the
+/// robot's `grouping` says, add a threaded follow-up. A repeat that changes nothing is dropped.
+async fn post_card(
+    app: &AppState,
+    robot: &crate::robot::Robot,
+    outgoing: Outgoing,
+    key: &str,
+) -> Result<(), PostError> {
+    if robot.spec.grouping == Grouping::Off {
+        return post(app, robot, outgoing).await.map(|_| ());
+    }
+    super::post::check_keywords(robot, &outgoing.content)?;
+    let card = match app.store.robot_card(robot.id, key).await? {
+        Some(id) => live_card(app, robot, id).await?,
+        None => None,
+    };
+    if card.as_ref().is_some_and(|m| m.content == outgoing.content) {
+        return Ok(()); // a repeat: the card already says this
+    }
+    let updated = match &card {
+        Some(m) if robot.spec.grouping != Grouping::Thread => {
+            update_card(app, robot, m.id, &outgoing.content).await?
+        }
+        _ => false,
+    };
+    if updated && robot.spec.grouping == Grouping::Card {
+        return Ok(());
+    }
+    if let Enqueued::New(id) = post(app, robot, outgoing).await? {
+        if !updated {
+            app.store.set_robot_card(robot.id, key, id).await?;
+        }
     }
     Ok(())
+}
+
+/// The card message, unless it was recalled or is gone.
+async fn live_card(
+    app: &AppState,
+    robot: &crate::robot::Robot,
+    card: MessageId,
+) -> Result<Option<Message>, PostError> {
+    match app.store.get_message(robot.org_id, card).await {
+        Ok(message) => Ok((!message.recalled).then_some(message)),
+        Err(StoreError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Rewrites the card in place; false when it vanished meanwhile.
+async fn update_card(
+    app: &AppState,
+    robot: &crate::robot::Robot,
+    card: MessageId,
+    content: &Content,
+) -> Result<bool, PostError> {
+    match app.store.update_message(robot.org_id, card, content).await {
+        Ok(()) => {
+            app.lanes.poke(robot.conversation_id);
+            Ok(true)
+        }
+        Err(StoreError::NotFound(_)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Maps a refused post to DingTalk's code for it.

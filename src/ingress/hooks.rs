@@ -19,6 +19,15 @@ use crate::store::{Enqueued, StoreError};
 use crate::verify::{verify, VerifyError};
 use crate::{clock, render, AppState};
 
+/// A sender's webhook (GitHub, GitLab, Alertmanager, Grafana, PagerDuty, Slack or a plugin
+/// robot), verified by the robot's kind and posted as the robot.
+#[utoipa::path(post, path = "/hooks/{kind}/{token}", tag = "ingress",
+    params(("kind" = String, Path, description = "github, gitlab, alertmanager, grafana, pagerduty, slack or plugin"),
+           ("token" = String, Path, description = "the robot's access token")),
+    request_body(content = Vec<u8>, description = "the sender's raw body, as signed"),
+    responses((status = 200, description = "`{\"errcode\":0,\"errmsg\":\"ok\",\"posted\",\"skipped\"}`, or the sender's own reply shape"),
+              (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
+              (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn receive(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -86,7 +95,7 @@ fn builtin(
 
 async fn find_robot(app: &AppState, kind: &str, token: &str) -> Result<Robot, ApiError> {
     let kind = RobotKind::parse(kind).filter(|k| *k != RobotKind::Custom);
-    let robot = app.store.robot_by_token(token).await?;
+    let robot = app.known_robots.by_token(app.store.as_ref(), token).await?;
     match (kind, robot) {
         (Some(kind), Some(robot)) if robot.kind == kind => Ok(robot),
         _ => Err(ApiError::NotFound("robot")),

@@ -5,8 +5,9 @@
 //! message is durably queued.
 
 pub mod burst;
-mod dingtalk;
-mod hooks;
+pub(crate) mod dingtalk;
+pub(crate) mod hooks;
+pub mod known;
 mod plugin;
 pub mod post;
 pub mod stats;

@@ -97,7 +97,8 @@ pub async fn already_posted(
     Ok(found.is_some())
 }
 
-fn check_keywords(robot: &Robot, content: &Content) -> Result<(), PostError> {
+/// The robot's keyword rule: the content must contain one of its keywords, if it has any.
+pub(crate) fn check_keywords(robot: &Robot, content: &Content) -> Result<(), PostError> {
     let keywords = &robot.spec.security.keywords;
     if keywords.is_empty() {
         return Ok(());

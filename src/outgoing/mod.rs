@@ -7,13 +7,15 @@
 //! 2. **worker** (`worker`): `dispatch_loop` leases due deliveries (per bot and conversation
 //!    only the oldest, so order holds), runs each under its bot's own concurrency limit, and
 //!    `record_loop` writes the attempts back in batches, scheduling retries.
-//! 3. **deliver** (`deliver`): one signed attempt (`sign`) through the SSRF guard (`ssrf`).
+//! 3. **deliver** (`deliver`): one signed attempt (`sign`) through the SSRF guard (`ssrf`);
+//!    for a bot that runs a plugin, `plugin_bot` calls its `on-event` instead.
 //! 4. **reply** (`reply`): a 2xx body or a sessionWebhook POST becomes a message from the bot.
 //!
 //! Nothing here writes inboxes: replies and notices go through `store.enqueue_message`.
 
 pub mod deliver;
 pub mod payload;
+pub mod plugin_bot;
 pub mod reply;
 pub mod sign;
 pub mod ssrf;

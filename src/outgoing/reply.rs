@@ -80,7 +80,7 @@ pub fn verify_session(out: &Outgoing, token: &str, now_ms: i64) -> Result<Sessio
 }
 
 /// A DingTalk-format message from a bot as typed content and mentions.
-fn parse_message(body: &serde_json::Value, max_bytes: usize) -> Result<(Content, At), ApiError> {
+fn parse_message(body: &serde_json::Value) -> Result<(Content, At), ApiError> {
     let msgtype = body
         .get("msgtype")
         .and_then(|v| v.as_str())
@@ -93,12 +93,6 @@ fn parse_message(body: &serde_json::Value, max_bytes: usize) -> Result<(Content,
     let content = Content::from_parts(msgtype, object).map_err(ApiError::BadRequest)?;
     if content.plain_text().trim().is_empty() {
         return Err(ApiError::bad_request("a reply must not be empty"));
-    }
-    let size = content.body_json().to_string().len();
-    if size > max_bytes {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "message content is {size} bytes; the limit is {max_bytes}"
-        )));
     }
     let at = match body.get("at") {
         Some(at) => serde_json::from_value(at.clone())
@@ -115,12 +109,39 @@ pub async fn post_reply(
     conversation: ConversationId,
     body: &serde_json::Value,
 ) -> Result<MessageId, ApiError> {
+    check_installed(bot, conversation)?;
+    let (content, at) = parse_message(body)?;
+    post_content(app, bot, conversation, content, at).await
+}
+
+fn check_installed(bot: &Bot, conversation: ConversationId) -> Result<(), ApiError> {
     if !bot.enabled || !bot.conversations.contains(&conversation) {
         return Err(ApiError::Forbidden(
             "the bot is disabled or not installed in this conversation".into(),
         ));
     }
-    let (content, at) = parse_message(body, app.config.http.max_message_bytes)?;
+    Ok(())
+}
+
+/// Posts a bot's message (an HTTP reply once parsed, or a bot plugin's reply) into a
+/// conversation it is installed in, under the size limit and the group's rate limit.
+pub async fn post_content(
+    app: &AppState,
+    bot: &Bot,
+    conversation: ConversationId,
+    content: Content,
+    at: At,
+) -> Result<MessageId, ApiError> {
+    check_installed(bot, conversation)?;
+    let (size, max_bytes) = (
+        content.body_json().to_string().len(),
+        app.config.http.max_message_bytes,
+    );
+    if size > max_bytes {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "message content is {size} bytes; the limit is {max_bytes}"
+        )));
+    }
     let members = app.store.member_count(conversation).await?;
     let now = clock::now_ms();
     app.limiter.check(conversation, members, now)?;
@@ -185,7 +206,7 @@ pub async fn announce_install(
 pub async fn announce_disabled(app: &AppState, bot: &DisabledBot) -> Result<(), ApiError> {
     let group = notice_group(app, bot.org_id).await?;
     let words = format!(
-        "Bot {} ({}) was disabled: every callback failed since {}. Fix its endpoint, re-enable it with \
+        "Bot {} ({}) was disabled: every callback failed since {}. Fix its endpoint (or plugin), re-enable it with \
          PATCH /api/v1/bots/{} {{\"enabled\": true}}, then redeliver its failed events.",
         bot.name,
         bot.id,

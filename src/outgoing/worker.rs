@@ -9,8 +9,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::outgoing::deliver::{self, Verdict};
-use crate::outgoing::reply;
-use crate::store::{ClaimedDelivery, DeliveryClaim, DeliveryOutcome, NextStep};
+use crate::outgoing::{plugin_bot, reply};
+use crate::store::{Bot, ClaimedDelivery, DeliveryClaim, DeliveryOutcome, NextStep};
 use crate::{clock, AppState};
 
 /// Deliveries leased per claim.
@@ -99,12 +99,10 @@ async fn run_delivery(app: &AppState, d: ClaimedDelivery) -> DeliveryOutcome {
         Ok(None) => return gone(&d, "the bot was deleted"),
         Err(e) => return gone(&d, &format!("loading the bot: {e}")),
     };
-    let mut attempted = deliver::deliver(&app.outgoing, &bot, &d).await;
-    if let Verdict::Delivered { reply: Some(body) } = &attempted.verdict {
-        if let Err(e) = reply::post_reply(app, &bot, d.conversation_id, body).await {
-            attempted.attempt.error = Some(format!("reply not posted: {e}"));
-        }
-    }
+    let attempted = match bot.plugin_id {
+        Some(plugin) => plugin_bot::deliver(app, &bot, plugin, &d).await,
+        None => deliver_http(app, &bot, &d).await,
+    };
     let next = next_step(
         &attempted.verdict,
         d.attempts,
@@ -118,6 +116,17 @@ async fn run_delivery(app: &AppState, d: ClaimedDelivery) -> DeliveryOutcome {
         attempt: attempted.attempt,
         next,
     }
+}
+
+/// A signed callback, and its synchronous reply posted as the bot.
+async fn deliver_http(app: &AppState, bot: &Bot, d: &ClaimedDelivery) -> deliver::Attempted {
+    let mut attempted = deliver::deliver(&app.outgoing, bot, d).await;
+    if let Verdict::Delivered { reply: Some(body) } = &attempted.verdict {
+        if let Err(e) = reply::post_reply(app, bot, d.conversation_id, body).await {
+            attempted.attempt.error = Some(format!("reply not posted: {e}"));
+        }
+    }
+    attempted
 }
 
 fn gone(d: &ClaimedDelivery, why: &str) -> DeliveryOutcome {

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 
-use super::{HostState, PluginOutput, PluginRequest, Runtime};
+use super::{bot_v0_1, Compiled, Guest, HostState, PluginRequest, Runtime};
 use crate::config::PluginsConfig;
 
 /// Validates a component file; its world, sha256 and size as JSON.
@@ -37,14 +37,18 @@ pub struct RunArgs<'a> {
     pub config: &'a [String],
 }
 
-/// Runs a component on a fixture, as `POST /hooks/plugin/{token}` would.
-pub fn run(settings: &PluginsConfig, args: &RunArgs<'_>) -> anyhow::Result<PluginOutput> {
+/// Runs a component on a fixture, as `POST /hooks/plugin/{token}` would (an adapter), or as
+/// the delivery of one conversation event would (a bot: the fixture is the callback body).
+pub fn run(settings: &PluginsConfig, args: &RunArgs<'_>) -> anyhow::Result<serde_json::Value> {
     let runtime = Runtime::new(settings, cache_dir(settings))?;
     let wasm =
         std::fs::read(args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let compiled = runtime.compile(&wasm)?;
     let body = std::fs::read(args.request)
         .with_context(|| format!("reading {}", args.request.display()))?;
+    if let Guest::Bot(_) = compiled.guest {
+        return run_bot(&runtime, &compiled, args, &body);
+    }
     let request = PluginRequest {
         method: "POST".into(),
         path: "/hooks/plugin/cli".into(),
@@ -54,7 +58,25 @@ pub fn run(settings: &PluginsConfig, args: &RunArgs<'_>) -> anyhow::Result<Plugi
     };
     let mut state = HostState::new(args.file.display().to_string(), config(args.config)?);
     state.guest_stderr = true;
-    Ok(runtime.call(&compiled, state, &request)?)
+    Ok(serde_json::to_value(
+        runtime.call(&compiled, state, &request)?,
+    )?)
+}
+
+/// A bot's replies to the event in `body`, as `{"messages": [DingTalk-format message…]}`.
+fn run_bot(
+    runtime: &Runtime,
+    compiled: &Compiled,
+    args: &RunArgs<'_>,
+    body: &[u8],
+) -> anyhow::Result<serde_json::Value> {
+    let payload = std::str::from_utf8(body)
+        .with_context(|| format!("{}: the event must be UTF-8 JSON", args.request.display()))?;
+    bot_v0_1::event(payload).map_err(|e| anyhow::anyhow!("{}: {e}", args.request.display()))?;
+    let mut state = HostState::new(args.file.display().to_string(), config(args.config)?);
+    state.guest_stderr = true;
+    let messages = bot_v0_1::call(runtime, compiled, state, payload)?;
+    Ok(serde_json::json!({ "messages": messages }))
 }
 
 /// The headers file (an object of name → value), names lower-cased; JSON content by default.

@@ -1,10 +1,16 @@
-//! Plugins: custom adapters written by users as WebAssembly components and run by herald in a
-//! wasmtime sandbox. A plugin targets a versioned WIT world (`plugins/wit/`); each world
-//! version has its own host module (`v0_1`). This module owns loading (from the store, through
-//! the compiled-artifact cache), the per-plugin failure counters, and the bounded, blocking
-//! calls. It must not post anything: ingress turns a plugin's output into events and sends
-//! them down the same filter → group → post path as the built-in adapters.
+//! Plugins: custom adapters and bots written by users as WebAssembly components and run by
+//! herald in a wasmtime sandbox. A plugin targets a versioned WIT world (`plugins/wit/`); each
+//! world version has its own host module (`v0_1` for adapters, `bot_v0_1` for bots, called
+//! through `bot`). This module owns loading (from the store, through the compiled-artifact
+//! cache), the per-plugin failure counters, and the bounded, blocking calls. It must not post
+//! anything: ingress turns an adapter's output into events and sends them down the same
+//! filter → group → post path as the built-in adapters; the outgoing worker posts a bot's
+//! replies as the bot.
 
+mod bot;
+#[cfg(test)]
+mod bot_contract;
+pub mod bot_v0_1;
 mod cache;
 pub mod cli;
 #[cfg(test)]
@@ -28,8 +34,9 @@ use crate::ids::{OrgId, PluginId};
 use crate::model::{At, Content};
 use crate::store::Store;
 
+pub use bot_v0_1::BotReply;
 pub use cache::WASMTIME_VERSION;
-pub use runtime::{Compiled, Runtime};
+pub use runtime::{Compiled, Guest, Runtime};
 
 /// A webhook as a plugin sees it.
 #[derive(Debug, Clone)]
@@ -118,7 +125,7 @@ pub struct PluginStats {
 }
 
 impl PluginStats {
-    fn count(&mut self, result: &Result<PluginOutput, PluginError>) {
+    fn count<T>(&mut self, result: &Result<T, PluginError>) {
         self.calls += 1;
         match result {
             Ok(_) => self.ok += 1,

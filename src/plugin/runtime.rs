@@ -1,8 +1,9 @@
 //! The sandbox: one wasmtime `Engine` with the pooling allocator and epoch interruption, a
 //! ticker thread that advances the epoch, and the two operations on components: `compile`
 //! (validate against a supported world, then pre-instantiate) and `call` (a fresh `Store` per
-//! call, bounded by a deadline and a memory cap). Both block: callers run them on blocking
-//! threads, never on the async runtime.
+//! call, bounded by a deadline and a memory cap; bots are called through `bot_v0_1::call`
+//! with the same store). Both block: callers run them on blocking threads, never on the
+//! async runtime.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use wasmtime::{
 mod warm;
 
 use super::cache::{hex, DiskCache};
-use super::{v0_1, wasi, HostState, PluginError, PluginOutput, PluginRequest};
+use super::{bot_v0_1, v0_1, wasi, HostState, PluginError, PluginOutput, PluginRequest};
 use crate::config::PluginsConfig;
 
 /// How often the ticker advances the epoch: the deadline's resolution.
@@ -29,7 +30,7 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 /// A component that passed validation, pre-instantiated for its world.
 pub struct Compiled {
-    pub pre: v0_1::AdapterPre<HostState>,
+    pub guest: Guest,
     pub world: &'static str,
     pub sha256: String,
     pub size: usize,
@@ -37,6 +38,40 @@ pub struct Compiled {
     /// and called in warm instances.
     pub wasi: bool,
     warm: warm::WarmPool,
+}
+
+/// The world a component implements, pre-instantiated: what it can be called as.
+pub enum Guest {
+    /// `herald:adapter@0.1.0`: a robot's webhooks.
+    Adapter(v0_1::AdapterPre<HostState>),
+    /// `herald:bot@0.1.0`: a bot's conversation events.
+    Bot(bot_v0_1::BotPre<HostState>),
+}
+
+impl Guest {
+    /// Accepts a component of any world herald serves, naming the world.
+    fn of(instance_pre: wasmtime::component::InstancePre<HostState>) -> Result<Guest, String> {
+        let adapter = match v0_1::AdapterPre::new(instance_pre.clone()) {
+            Ok(pre) => return Ok(Guest::Adapter(pre)),
+            Err(e) => e,
+        };
+        match bot_v0_1::BotPre::new(instance_pre) {
+            Ok(pre) => Ok(Guest::Bot(pre)),
+            Err(bot) => Err(format!(
+                "the component does not implement a world herald serves: not {} ({adapter}), \
+                 not {} ({bot})",
+                v0_1::WORLD,
+                bot_v0_1::WORLD
+            )),
+        }
+    }
+
+    pub fn world(&self) -> &'static str {
+        match self {
+            Guest::Adapter(_) => v0_1::WORLD,
+            Guest::Bot(_) => bot_v0_1::WORLD,
+        }
+    }
 }
 
 pub struct Runtime {
@@ -70,6 +105,7 @@ impl Runtime {
             .map_err(|e| anyhow::anyhow!("plugin engine: {e}"))?;
         let mut linker = Linker::new(&engine);
         v0_1::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("plugin linker: {e}"))?;
+        bot_v0_1::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("plugin linker: {e}"))?;
         let mut wasi_linker = linker.clone();
         wasi::add_to_linker(&mut wasi_linker)
             .map_err(|e| anyhow::anyhow!("plugin WASI linker: {e}"))?;
@@ -88,7 +124,7 @@ impl Runtime {
         })
     }
 
-    /// Validates `wasm` as an adapter plugin and prepares it for calls.
+    /// Validates `wasm` as a plugin of a supported world and prepares it for calls.
     pub fn compile(&self, wasm: &[u8]) -> Result<Compiled, PluginError> {
         match wasm.get(..8) {
             Some(b"\0asm\x0d\0\x01\0") => {}
@@ -121,15 +157,10 @@ impl Runtime {
         let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(|e| PluginError::Invalid(self.import_problem(&component, e)))?;
-        let pre = v0_1::AdapterPre::new(instance_pre).map_err(|e| {
-            PluginError::Invalid(format!(
-                "the component does not implement the world {}: {e}",
-                v0_1::WORLD
-            ))
-        })?;
+        let guest = Guest::of(instance_pre).map_err(PluginError::Invalid)?;
         let compiled = Compiled {
-            pre,
-            world: v0_1::WORLD,
+            world: guest.world(),
+            guest,
             sha256,
             size: wasm.len(),
             wasi,
@@ -148,14 +179,12 @@ impl Runtime {
     /// this refuses a component that cannot start (too much initial memory, a trapping start
     /// function); the benchmark measures it.
     pub fn instantiate(&self, compiled: &Compiled) -> Result<(), PluginError> {
-        let mut store = Store::new(&self.engine, HostState::new("probe", Default::default()));
-        store.data_mut().limits.max_memory = self.memory_bytes;
-        store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(self.deadline_ticks);
-        match compiled.pre.instantiate(&mut store) {
-            Ok(_) => Ok(()),
-            Err(e) => Err(self.classify(e, store.data())),
-        }
+        let mut store = self.store(HostState::new("probe", Default::default()));
+        let instantiated = match &compiled.guest {
+            Guest::Adapter(pre) => pre.instantiate(&mut store).map(drop),
+            Guest::Bot(pre) => pre.instantiate(&mut store).map(drop),
+        };
+        instantiated.map_err(|e| self.classify(e, store.data()))
     }
 
     /// Explains a failed link: the imports herald does not provide, by name.
@@ -164,15 +193,19 @@ impl Runtime {
         let foreign: Vec<String> = ty
             .imports(&self.engine)
             .map(|(name, _)| name.to_string())
-            .filter(|name| !name.starts_with("herald:adapter/") && !wasi::is_provided(name))
+            .filter(|name| {
+                !name.starts_with("herald:adapter/")
+                    && !name.starts_with("herald:bot/")
+                    && !wasi::is_provided(name)
+            })
             .collect();
         if foreign.is_empty() {
             format!("the component's imports do not match {}: {e}", v0_1::WORLD)
         } else {
             format!(
                 "the component imports {}, which herald does not provide: plugins get only \
-                 herald:adapter/host@0.1.0 and, when their toolchain needs it, WASI 0.2 with \
-                 an empty context (no files, environment or network)",
+                 herald:adapter/host@0.1.0 or herald:bot/host@0.1.0 and, when their toolchain \
+                 needs it, WASI 0.2 with an empty context (no files, environment or network)",
                 foreign.join(", ")
             )
         }
@@ -186,16 +219,15 @@ impl Runtime {
         state: HostState,
         request: &PluginRequest,
     ) -> Result<PluginOutput, PluginError> {
+        let Guest::Adapter(pre) = &compiled.guest else {
+            return Err(wrong_world(compiled, v0_1::WORLD));
+        };
         if compiled.wasi {
-            return self.call_warm(compiled, state, request);
+            return self.call_warm(compiled, pre, state, request);
         }
-        let mut store = Store::new(&self.engine, state);
-        store.data_mut().limits.max_memory = self.memory_bytes;
-        store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(self.deadline_ticks);
+        let mut store = self.store(state);
         let request = request.into();
-        let result = compiled
-            .pre
+        let result = pre
             .instantiate(&mut store)
             .and_then(|adapter| adapter.call_handle(&mut store, &request));
         match result {
@@ -204,8 +236,17 @@ impl Runtime {
         }
     }
 
+    /// A fresh store for one call: the memory cap and the deadline armed.
+    pub(super) fn store(&self, state: HostState) -> Store<HostState> {
+        let mut store = Store::new(&self.engine, state);
+        store.data_mut().limits.max_memory = self.memory_bytes;
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(self.deadline_ticks);
+        store
+    }
+
     /// Names what went wrong inside the sandbox.
-    fn classify(&self, e: wasmtime::Error, state: &HostState) -> PluginError {
+    pub(super) fn classify(&self, e: wasmtime::Error, state: &HostState) -> PluginError {
         if state.limits.hit {
             return PluginError::Memory(self.memory_bytes / (1024 * 1024));
         }
@@ -218,6 +259,15 @@ impl Runtime {
             None => PluginError::Trap(format!("{e}")),
         }
     }
+}
+
+/// A plugin called as a world it does not implement (a bot plugin named by a robot, or the
+/// other way round); the API refuses such links, so this is a plugin swapped underneath.
+pub(super) fn wrong_world(compiled: &Compiled, wanted: &str) -> PluginError {
+    PluginError::Invalid(format!(
+        "the plugin implements {}, not {wanted}",
+        compiled.world
+    ))
 }
 
 fn engine_config(settings: &PluginsConfig, memory_bytes: usize) -> Config {

@@ -8,7 +8,7 @@
 use async_trait::async_trait;
 use sqlx::Row;
 
-use super::{MessageRecord, NewDing, PgStore, Result, SqliteStore, StoreError, Task};
+use super::{MessageRecord, NewDing, PgStore, Resend, Result, SqliteStore, StoreError, Task};
 use crate::alerts::incident::{Incident, State, TimelineEntry};
 use crate::alerts::policy::PolicySpec;
 use crate::clock;
@@ -145,6 +145,8 @@ pub struct Effects {
     pub round: u32,
     pub next: Option<NextTimer>,
     pub dings: Vec<NewDing>,
+    /// Earlier DINGs to send again to whoever has not confirmed them.
+    pub resends: Vec<Resend>,
     pub messages: Vec<MessageRecord>,
     pub timeline: Vec<NewTimelineEntry>,
 }
@@ -182,11 +184,12 @@ pub trait AlertStore: Send + Sync {
 
     /// Leases up to `limit` due timers for `lease_ms`.
     async fn claim_timers(&self, now_ms: i64, lease_ms: i64, limit: i64) -> Result<Vec<Timer>>;
-    /// When the earliest unleased timer is due.
+    /// When the earliest unleased timer is due: an escalation timer or a robot's digest.
     async fn next_timer_due(&self, now_ms: i64) -> Result<Option<i64>>;
-    /// Deletes the timer and writes its effects in one transaction; false if the timer was
-    /// already fired or replaced (by another process, an ack, a resolve).
-    async fn fire_timer(&self, timer: &Timer, effects: &Effects) -> Result<bool>;
+    /// Deletes each timer and writes its effects, all in one transaction (one commit for a
+    /// whole batch of due steps); for each, false if it was already fired or replaced (by
+    /// another process, an ack, a resolve) and so wrote nothing.
+    async fn fire_timers(&self, batch: &[(Timer, Effects)]) -> Result<Vec<bool>>;
     async fn pending_timers(&self) -> Result<i64>;
 }
 
@@ -370,6 +373,57 @@ macro_rules! alert_store_impl {
                 });
                 Self::set_timer_tx(tx, id, next.as_ref(), f.now_ms).await?;
                 Ok(Some((id, FireOutcome::Opened)))
+            }
+
+            /// Deletes one timer and writes its effects; false (nothing written) if the timer
+            /// was already fired or replaced.
+            async fn fire_tx(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                timer: &Timer,
+                effects: &Effects,
+                now: i64,
+            ) -> Result<bool> {
+                let deleted = sqlx::query(
+                    "DELETE FROM escalation_timers WHERE incident_id = $1 AND kind = $2 AND step = $3 \
+                     AND round = $4 AND due_at = $5",
+                )
+                .bind(timer.incident_id.0)
+                .bind(timer.kind.as_str())
+                .bind(timer.step as i64)
+                .bind(timer.round as i64)
+                .bind(timer.due_at_ms)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+                if deleted != 1 {
+                    return Ok(false);
+                }
+                sqlx::query(
+                    "UPDATE incidents SET state = COALESCE($1, state), silenced_until = CASE WHEN $1 IS NULL \
+                     THEN silenced_until ELSE NULL END, step = $2, round = $3, updated_at = $4 WHERE id = $5",
+                )
+                .bind(effects.state.map(|s| s.as_str()))
+                .bind(effects.step as i64)
+                .bind(effects.round as i64)
+                .bind(now)
+                .bind(timer.incident_id.0)
+                .execute(&mut **tx)
+                .await?;
+                Self::set_timer_tx(tx, timer.incident_id.0, effects.next.as_ref(), now).await?;
+                for ding in &effects.dings {
+                    Self::insert_ding_tx(tx, ding).await?;
+                }
+                for resend in &effects.resends {
+                    Self::resend_ding_tx(tx, resend).await?;
+                }
+                for message in &effects.messages {
+                    let task = Task::Post { message: Box::new(message.clone()) };
+                    Self::enqueue_tx(tx, &task, now).await?;
+                }
+                for entry in &effects.timeline {
+                    Self::timeline_tx(tx, timer.incident_id.0, entry, now).await?;
+                }
+                Ok(true)
             }
         }
 
@@ -608,57 +662,28 @@ macro_rules! alert_store_impl {
             }
 
             async fn next_timer_due(&self, now_ms: i64) -> Result<Option<i64>> {
-                Ok(sqlx::query_scalar(
-                    "SELECT due_at FROM escalation_timers WHERE locked_until <= $1 ORDER BY due_at LIMIT 1",
+                // Each side reads one row off its due-time order (a MIN with the lease filter
+                // would scan every pending timer).
+                let (step, digest): (Option<i64>, Option<i64>) = sqlx::query_as(
+                    "SELECT (SELECT due_at FROM escalation_timers WHERE locked_until <= $1 \
+                     ORDER BY due_at LIMIT 1), (SELECT due_at FROM digest_timers \
+                     WHERE locked_until <= $1 ORDER BY due_at LIMIT 1)",
                 )
                 .bind(now_ms)
-                .fetch_optional(self.reader())
-                .await?)
+                .fetch_one(self.reader())
+                .await?;
+                Ok(step.into_iter().chain(digest).min())
             }
 
-            async fn fire_timer(&self, timer: &Timer, effects: &Effects) -> Result<bool> {
+            async fn fire_timers(&self, batch: &[(Timer, Effects)]) -> Result<Vec<bool>> {
                 let now = clock::now_ms();
                 let mut tx = self.writer().begin().await?;
-                let deleted = sqlx::query(
-                    "DELETE FROM escalation_timers WHERE incident_id = $1 AND kind = $2 AND step = $3 \
-                     AND round = $4 AND due_at = $5",
-                )
-                .bind(timer.incident_id.0)
-                .bind(timer.kind.as_str())
-                .bind(timer.step as i64)
-                .bind(timer.round as i64)
-                .bind(timer.due_at_ms)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if deleted != 1 {
-                    tx.rollback().await?;
-                    return Ok(false);
-                }
-                sqlx::query(
-                    "UPDATE incidents SET state = COALESCE($1, state), silenced_until = CASE WHEN $1 IS NULL \
-                     THEN silenced_until ELSE NULL END, step = $2, round = $3, updated_at = $4 WHERE id = $5",
-                )
-                .bind(effects.state.map(|s| s.as_str()))
-                .bind(effects.step as i64)
-                .bind(effects.round as i64)
-                .bind(now)
-                .bind(timer.incident_id.0)
-                .execute(&mut *tx)
-                .await?;
-                Self::set_timer_tx(&mut tx, timer.incident_id.0, effects.next.as_ref(), now).await?;
-                for ding in &effects.dings {
-                    Self::insert_ding_tx(&mut tx, ding).await?;
-                }
-                for message in &effects.messages {
-                    let task = Task::Post { message: Box::new(message.clone()) };
-                    Self::enqueue_tx(&mut tx, &task, now).await?;
-                }
-                for entry in &effects.timeline {
-                    Self::timeline_tx(&mut tx, timer.incident_id.0, entry, now).await?;
+                let mut fired = Vec::with_capacity(batch.len());
+                for (timer, effects) in batch {
+                    fired.push(Self::fire_tx(&mut tx, timer, effects, now).await?);
                 }
                 tx.commit().await?;
-                Ok(true)
+                Ok(fired)
             }
 
             async fn pending_timers(&self) -> Result<i64> {

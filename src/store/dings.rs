@@ -12,75 +12,8 @@ use crate::clock;
 use crate::ids::{ConversationId, DingId, IncidentId, OrgId, RobotId, UserId};
 use crate::model::{EventKind, Sender, SenderKind};
 
-/// A DING to send.
-#[derive(Debug, Clone)]
-pub struct NewDing {
-    pub org: OrgId,
-    pub sender: Sender,
-    pub text: String,
-    pub channel: Channel,
-    pub incident: Option<IncidentId>,
-    pub recipients: Vec<UserId>,
-    pub now_ms: i64,
-}
-
-/// A DING as stored, with who has confirmed it.
-#[derive(Debug, Clone)]
-pub struct Ding {
-    pub id: DingId,
-    pub org_id: OrgId,
-    pub sender: Sender,
-    pub text: String,
-    pub channel: Channel,
-    pub incident_id: Option<IncidentId>,
-    pub created_at_ms: i64,
-    /// Each recipient and when they confirmed.
-    pub recipients: Vec<(UserId, Option<i64>)>,
-}
-
-/// An org's SMS/voice gateway.
-#[derive(Debug, Clone)]
-pub struct Notifier {
-    pub url: String,
-    pub secret: String,
-}
-
-/// One SMS or call to ask the provider for.
-#[derive(Debug, Clone)]
-pub struct OutboxItem {
-    pub id: i64,
-    pub org_id: OrgId,
-    pub ding_id: DingId,
-    pub user_id: UserId,
-    pub channel: Channel,
-    pub attempts: i64,
-    pub mobile: Option<String>,
-    pub text: String,
-    pub incident_id: Option<IncidentId>,
-    pub notifier: Option<Notifier>,
-}
-
-/// One line for a robot's digest.
-#[derive(Debug, Clone)]
-pub struct DigestLine {
-    pub org: OrgId,
-    pub robot: RobotId,
-    pub robot_name: String,
-    pub conversation: ConversationId,
-    pub line: String,
-    pub due_at_ms: i64,
-    pub now_ms: i64,
-}
-
-/// A robot whose digest is due.
-#[derive(Debug, Clone)]
-pub struct DueDigest {
-    pub robot: RobotId,
-    pub org: OrgId,
-    pub conversation: ConversationId,
-    pub robot_name: String,
-    pub due_at_ms: i64,
-}
+mod types;
+pub use types::*;
 
 #[async_trait]
 pub trait DingStore: Send + Sync {
@@ -92,6 +25,11 @@ pub trait DingStore: Send + Sync {
     async fn confirm_ding(&self, org: OrgId, id: DingId, user: UserId) -> Result<Ding>;
     /// Everyone a DING about the incident reached.
     async fn dinged_users(&self, incident: IncidentId) -> Result<Vec<UserId>>;
+    /// The incident's most recent DING.
+    async fn latest_ding(&self, incident: IncidentId) -> Result<Option<Ding>>;
+    /// Sends the DING again to those of the users who have not confirmed it: a new `ding`
+    /// event (and SMS/voice requests) for each. Returns who it went to (none: all confirmed).
+    async fn resend_ding(&self, resend: &Resend) -> Result<Vec<UserId>>;
 
     /// Adds a line to the robot's digest; the first line of a batch sets its due time.
     async fn add_digest_line(&self, item: &DigestLine) -> Result<()>;
@@ -114,7 +52,8 @@ pub trait DingStore: Send + Sync {
         lease_ms: i64,
         limit: i64,
     ) -> Result<Vec<OutboxItem>>;
-    /// Marks an outbox row sent (`retry_at` None and no error), or schedules a retry.
+    /// Marks an outbox row sent (no error; an earlier attempt's error is kept for the
+    /// record), or schedules a retry, or gives it up (an error and no `retry_at`).
     async fn finish_notification(
         &self,
         id: i64,
@@ -131,13 +70,15 @@ pub fn ding_queue(ding: DingId) -> ConversationId {
     ConversationId(DING_QUEUE_BASE + ding.0)
 }
 
-/// The `ding` event's details: what a client shows and where it confirms.
-fn ding_details(id: i64, d: &NewDing) -> serde_json::Value {
+/// The `ding` event's details: what a client shows and where it confirms. `send` counts the
+/// DING's sends (a re-send carries the same id with a higher count).
+fn ding_details(id: i64, d: &NewDing, send: i64) -> serde_json::Value {
     serde_json::json!({"ding": {
         "id": id.to_string(),
         "text": d.text,
         "channel": d.channel.as_str(),
         "priority": "high",
+        "send": send,
         "sender": {"id": d.sender.id, "kind": d.sender.kind.as_str(), "name": d.sender.name},
         "incident_id": d.incident.map(|i| i.to_string()),
         "confirm_path": format!("/api/v1/dings/{id}/confirm"),
@@ -165,8 +106,8 @@ macro_rules! ding_store_impl {
                     .await?;
                 let recipients: Vec<UserId> = found.into_iter().map(UserId).collect();
                 let id: i64 = sqlx::query_scalar(
-                    "INSERT INTO dings (org_id, sender_id, sender_name, text, channel, incident_id, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                    "INSERT INTO dings (org_id, sender_id, sender_name, text, channel, incident_id, created_at, last_sent_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING id",
                 )
                 .bind(d.org.0)
                 .bind(format!("{}:{}", d.sender.kind.as_str(), d.sender.id))
@@ -186,10 +127,23 @@ macro_rules! ding_store_impl {
                     .bind(ids_json(&recipients))
                     .execute(&mut **tx)
                     .await?;
+                Self::send_tx(tx, id, d, &recipients, 1).await?;
+                Ok((DingId(id), recipients))
+            }
+
+            /// One send of a DING to `recipients` (who exist and are active): SMS/voice
+            /// requests for its channel and the `ding` event task.
+            async fn send_tx(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                id: i64,
+                d: &NewDing,
+                recipients: &[UserId],
+                send: i64,
+            ) -> Result<()> {
                 if d.channel.needs_provider() {
                     let sql = format!(
-                        "INSERT INTO notification_outbox (org_id, ding_id, user_id, channel, attempts, run_at, locked_until) \
-                         SELECT $1, $2, id, $3, 0, $4, 0 FROM ({}) AS ids",
+                        "INSERT INTO notification_outbox (org_id, ding_id, user_id, channel, attempts, run_at, locked_until, send_no) \
+                         SELECT $1, $2, id, $3, 0, $4, 0, $6 FROM ({}) AS ids",
                         Self::ids_from("$5")
                     );
                     sqlx::query(&sql)
@@ -197,7 +151,8 @@ macro_rules! ding_store_impl {
                         .bind(id)
                         .bind(d.channel.as_str())
                         .bind(d.now_ms)
-                        .bind(ids_json(&recipients))
+                        .bind(ids_json(recipients))
+                        .bind(send)
                         .execute(&mut **tx)
                         .await?;
                 }
@@ -210,7 +165,7 @@ macro_rules! ding_store_impl {
                      VALUES (0, $1, $2, $3) RETURNING id",
                 )
                 .bind(EventKind::Ding.code() as i32)
-                .bind(ding_details(id, d).to_string())
+                .bind(ding_details(id, d, send).to_string())
                 .bind(d.now_ms)
                 .fetch_one(&mut **tx)
                 .await?;
@@ -218,10 +173,62 @@ macro_rules! ding_store_impl {
                     conversation_id: ding_queue(DingId(id)),
                     kind: EventKind::Ding,
                     ref_id: event,
-                    also_notify: recipients.clone(),
+                    also_notify: recipients.to_vec(),
                 };
-                Self::enqueue_tx(tx, &task, d.now_ms).await?;
-                Ok((DingId(id), recipients))
+                Self::enqueue_tx(tx, &task, d.now_ms).await.map(|_| ())
+            }
+
+            /// Sends the DING again to those of `r.users` who have not confirmed it.
+            pub(super) async fn resend_ding_tx(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                r: &Resend,
+            ) -> Result<Vec<UserId>> {
+                let sql = format!(
+                    "SELECT user_id FROM ding_recipients WHERE ding_id = $1 AND confirmed_at IS NULL \
+                     AND user_id IN ({}) ORDER BY user_id",
+                    Self::ids_from("$2")
+                );
+                let open: Vec<i64> = sqlx::query_scalar(&sql)
+                    .bind(r.ding.0)
+                    .bind(ids_json(&r.users))
+                    .fetch_all(&mut **tx)
+                    .await?;
+                let users: Vec<UserId> = open.into_iter().map(UserId).collect();
+                if users.is_empty() {
+                    return Ok(users);
+                }
+                let org: i64 = sqlx::query_scalar("SELECT org_id FROM dings WHERE id = $1")
+                    .bind(r.ding.0)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                let ding = Self::ding_tx(&mut **tx, OrgId(org), r.ding).await?;
+                let send: i64 = sqlx::query_scalar(
+                    "UPDATE dings SET sends = sends + 1, last_sent_at = $2 WHERE id = $1 RETURNING sends",
+                )
+                .bind(r.ding.0)
+                .bind(r.now_ms)
+                .fetch_one(&mut **tx)
+                .await?;
+                let sql = format!(
+                    "UPDATE ding_recipients SET sends = sends + 1 WHERE ding_id = $1 AND user_id IN ({})",
+                    Self::ids_from("$2")
+                );
+                sqlx::query(&sql)
+                    .bind(r.ding.0)
+                    .bind(ids_json(&users))
+                    .execute(&mut **tx)
+                    .await?;
+                let again = NewDing {
+                    org: ding.org_id,
+                    sender: ding.sender,
+                    text: ding.text,
+                    channel: r.channel,
+                    incident: ding.incident_id,
+                    recipients: users.clone(),
+                    now_ms: r.now_ms,
+                };
+                Self::send_tx(tx, r.ding.0, &again, &users, send).await?;
+                Ok(users)
             }
 
             async fn ding_tx(
@@ -230,8 +237,8 @@ macro_rules! ding_store_impl {
                 id: DingId,
             ) -> Result<Ding> {
                 let row = sqlx::query(
-                    "SELECT id, org_id, sender_id, sender_name, text, channel, incident_id, created_at \
-                     FROM dings WHERE id = $1 AND org_id = $2",
+                    "SELECT id, org_id, sender_id, sender_name, text, channel, incident_id, created_at, \
+                     sends, last_sent_at FROM dings WHERE id = $1 AND org_id = $2",
                 )
                 .bind(id.0)
                 .bind(org.0)
@@ -242,14 +249,22 @@ macro_rules! ding_store_impl {
                 let (kind, sender_id) = sender.split_once(':').unwrap_or(("user", &sender));
                 let channel: &str = row.try_get("channel")?;
                 let recipients = sqlx::query(
-                    "SELECT user_id, confirmed_at FROM ding_recipients WHERE ding_id = $1 ORDER BY user_id",
+                    "SELECT user_id, confirmed_at, sends FROM ding_recipients WHERE ding_id = $1 ORDER BY user_id",
                 )
                 .bind(id.0)
                 .fetch_all(&mut *conn)
                 .await?
                 .iter()
-                .map(|r| Ok((UserId(r.try_get("user_id")?), r.try_get("confirmed_at")?)))
+                .map(|r| {
+                    Ok(DingRecipient {
+                        user: UserId(r.try_get("user_id")?),
+                        confirmed_at_ms: r.try_get("confirmed_at")?,
+                        sends: r.try_get("sends")?,
+                    })
+                })
                 .collect::<Result<Vec<_>>>()?;
+                let deliveries = Self::provider_requests(conn, id).await?;
+                let created_at_ms: i64 = row.try_get("created_at")?;
                 Ok(Ding {
                     id,
                     org_id: org,
@@ -261,9 +276,42 @@ macro_rules! ding_store_impl {
                     text: row.try_get("text")?,
                     channel: Channel::parse(channel).unwrap_or(Channel::DingApp),
                     incident_id: row.try_get::<Option<i64>, _>("incident_id")?.map(IncidentId),
-                    created_at_ms: row.try_get("created_at")?,
+                    created_at_ms,
+                    sends: row.try_get("sends")?,
+                    last_sent_at_ms: row
+                        .try_get::<Option<i64>, _>("last_sent_at")?
+                        .unwrap_or(created_at_ms),
                     recipients,
+                    deliveries,
                 })
+            }
+
+            /// The DING's SMS/voice requests, oldest first.
+            async fn provider_requests(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                id: DingId,
+            ) -> Result<Vec<ProviderRequest>> {
+                let rows = sqlx::query(
+                    "SELECT user_id, send_no, channel, attempts, last_error, run_at, sent_at \
+                     FROM notification_outbox WHERE ding_id = $1 ORDER BY id",
+                )
+                .bind(id.0)
+                .fetch_all(&mut *conn)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        let channel: &str = r.try_get("channel")?;
+                        Ok(ProviderRequest {
+                            user: UserId(r.try_get("user_id")?),
+                            send: r.try_get("send_no")?,
+                            channel: Channel::parse(channel).unwrap_or(Channel::DingSms),
+                            attempts: r.try_get("attempts")?,
+                            last_error: r.try_get("last_error")?,
+                            run_at_ms: r.try_get("run_at")?,
+                            sent_at_ms: r.try_get("sent_at")?,
+                        })
+                    })
+                    .collect()
             }
 
         }
@@ -285,7 +333,7 @@ macro_rules! ding_store_impl {
             async fn confirm_ding(&self, org: OrgId, id: DingId, user: UserId) -> Result<Ding> {
                 let mut tx = self.writer().begin().await?;
                 let ding = Self::ding_tx(&mut tx, org, id).await?;
-                if !ding.recipients.iter().any(|(u, _)| *u == user) {
+                if !ding.recipients.iter().any(|r| r.user == user) {
                     return Err(StoreError::NotFound("ding"));
                 }
                 sqlx::query(
@@ -311,6 +359,25 @@ macro_rules! ding_store_impl {
                 .fetch_all(self.reader())
                 .await?;
                 Ok(ids.into_iter().map(UserId).collect())
+            }
+
+            async fn latest_ding(&self, incident: IncidentId) -> Result<Option<Ding>> {
+                let row: Option<(i64, i64)> = sqlx::query_as(
+                    "SELECT id, org_id FROM dings WHERE incident_id = $1 ORDER BY id DESC LIMIT 1",
+                )
+                .bind(incident.0)
+                .fetch_optional(self.reader())
+                .await?;
+                let Some((id, org)) = row else { return Ok(None) };
+                let mut conn = self.reader().acquire().await?;
+                Self::ding_tx(&mut conn, OrgId(org), DingId(id)).await.map(Some)
+            }
+
+            async fn resend_ding(&self, resend: &Resend) -> Result<Vec<UserId>> {
+                let mut tx = self.writer().begin().await?;
+                let users = Self::resend_ding_tx(&mut tx, resend).await?;
+                tx.commit().await?;
+                Ok(users)
             }
 
             async fn add_digest_line(&self, d: &DigestLine) -> Result<()> {
@@ -435,7 +502,7 @@ macro_rules! ding_store_impl {
                     return Ok(Vec::new());
                 }
                 let sql = format!(
-                    "SELECT o.id, o.org_id, o.ding_id, o.user_id, o.channel, o.attempts, u.mobile, d.text, \
+                    "SELECT o.id, o.org_id, o.ding_id, o.user_id, o.channel, o.send_no, o.attempts, u.mobile, d.text, \
                      d.incident_id, p.url, p.secret FROM notification_outbox o \
                      JOIN dings d ON d.id = o.ding_id JOIN users u ON u.id = o.user_id \
                      LEFT JOIN notification_providers p ON p.org_id = o.org_id \
@@ -455,6 +522,7 @@ macro_rules! ding_store_impl {
                             ding_id: DingId(r.try_get("ding_id")?),
                             user_id: UserId(r.try_get("user_id")?),
                             channel: Channel::parse(channel).unwrap_or(Channel::DingSms),
+                            send_no: r.try_get("send_no")?,
                             attempts: r.try_get("attempts")?,
                             mobile: r.try_get("mobile")?,
                             text: r.try_get("text")?,
@@ -469,7 +537,7 @@ macro_rules! ding_store_impl {
                 let now = clock::now_ms();
                 match (error, retry_at_ms) {
                     (None, _) => sqlx::query(
-                        "UPDATE notification_outbox SET sent_at = $1, attempts = attempts + 1, last_error = NULL WHERE id = $2",
+                        "UPDATE notification_outbox SET sent_at = $1, attempts = attempts + 1 WHERE id = $2",
                     )
                     .bind(now)
                     .bind(id),

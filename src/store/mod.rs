@@ -135,6 +135,10 @@ pub struct QueuedTask {
     pub task: Task,
     pub attempts: i64,
     pub run_at_ms: i64,
+    /// The conversation's member count when claimed (decides whether it can be batched).
+    pub members: i64,
+    /// Whether an earlier run split this task into chunks (it must keep that split).
+    pub planned: bool,
 }
 
 /// A message in the task payload: the serializable form of `Message`.
@@ -169,7 +173,7 @@ impl From<&Message> for MessageRecord {
     }
 }
 
-/// One transaction's worth of fanout: the members whose `user_id % chunks == chunk`.
+/// One transaction's worth of fanout: the members whose user id is in `[first_user, end_user)`.
 #[derive(Debug, Clone)]
 pub struct ChunkJob<'a> {
     pub task_id: i64,
@@ -180,6 +184,8 @@ pub struct ChunkJob<'a> {
     pub new_message: Option<&'a MessageRecord>,
     pub chunk: u32,
     pub chunks: u32,
+    pub first_user: i64,
+    pub end_user: i64,
     /// Non-members who get the event too (written with chunk 0).
     pub also_notify: &'a [UserId],
     /// Whether to return who received the event (only worth it when someone is listening).
@@ -322,6 +328,18 @@ pub trait CoreStore: Send + Sync + 'static {
     async fn claim_tasks(&self, lane: u32, lanes: u32, limit: i64) -> Result<Vec<QueuedTask>>;
     /// Writes one chunk of a fanout in one transaction: pts allocation and inbox rows together.
     async fn fan_out_chunk(&self, job: &ChunkJob<'_>) -> Result<ChunkOutcome>;
+    /// Writes several single-chunk `message.created` jobs (in queue order) in one transaction,
+    /// each as `fan_out_chunk` would; the outcomes line up with `jobs`.
+    async fn fan_out_batch(&self, jobs: &[ChunkJob<'_>]) -> Result<Vec<ChunkOutcome>>;
+    /// How a multi-chunk task splits its members: the first user id of each chunk after the
+    /// first, as decided by its first run (`chunk_size` members per chunk) and kept for every
+    /// later run. Empty when the task has no plan and the group fits one chunk.
+    async fn chunk_plan(
+        &self,
+        task_id: i64,
+        conversation: ConversationId,
+        chunk_size: u32,
+    ) -> Result<Vec<i64>>;
     /// Removes a finished multi-chunk task and its progress marks.
     async fn complete_task(&self, task_id: i64) -> Result<()>;
     /// Puts a failed task back for a later attempt, or aside after too many.
@@ -403,4 +421,49 @@ pub(crate) fn strings_json(values: &[String]) -> String {
 pub(crate) fn ids_json(ids: &[UserId]) -> String {
     let raw: Vec<i64> = ids.iter().map(|u| u.0).collect();
     serde_json::to_string(&raw).unwrap_or_else(|_| "[]".into())
+}
+
+/// A batch of fanout jobs as the JSON rows both backends' batch statements read:
+/// `[queue order, conversation, task, event kind, ref id]`.
+pub(crate) fn batch_rows_json(jobs: &[&ChunkJob<'_>]) -> String {
+    let rows: Vec<[i64; 5]> = jobs
+        .iter()
+        .enumerate()
+        .map(|(seq, j)| {
+            [
+                seq as i64,
+                j.conversation_id.0,
+                j.task_id,
+                j.kind.code(),
+                j.ref_id,
+            ]
+        })
+        .collect();
+    serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into())
+}
+
+/// Splits a batch's written `(user, pts, ref id)` rows back into one outcome per job (a batch
+/// holds new messages only, so the ref id, the message id, names the job).
+pub(crate) fn batch_outcomes(
+    jobs: &[ChunkJob<'_>],
+    live: &std::collections::HashSet<i64>,
+    written: Vec<(i64, i64, i64)>,
+) -> Vec<ChunkOutcome> {
+    let mut by_ref: std::collections::HashMap<i64, Vec<(UserId, i64)>> = Default::default();
+    for (user, pts, ref_id) in written {
+        by_ref.entry(ref_id).or_default().push((UserId(user), pts));
+    }
+    jobs.iter()
+        .map(|job| {
+            if !live.contains(&job.task_id) {
+                return ChunkOutcome::default();
+            }
+            let member_pts = by_ref.remove(&job.ref_id).unwrap_or_default();
+            ChunkOutcome {
+                applied: true,
+                recipients: member_pts.iter().map(|(user, _)| *user).collect(),
+                member_pts,
+            }
+        })
+        .collect()
 }

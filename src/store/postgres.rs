@@ -82,7 +82,9 @@ impl PgStore {
                WHERE t.conversation_id % $1 = $2 AND t.run_at <= $3 AND t.locked_until <= $3 \
                  AND NOT EXISTS (SELECT 1 FROM tasks o WHERE o.conversation_id = t.conversation_id AND o.id < t.id) \
                ORDER BY t.id LIMIT $5 FOR UPDATE SKIP LOCKED) \
-             RETURNING id, payload, attempts, run_at",
+             RETURNING id, payload, attempts, run_at, \
+               (SELECT member_count FROM conversations c WHERE c.id = tasks.conversation_id) AS members, \
+             (SELECT COUNT(*) FROM fanout_plans p WHERE p.task_id = tasks.id) AS planned",
         )
         .bind(lanes as i64)
         .bind(lane as i64)
@@ -144,7 +146,7 @@ impl PgStore {
         let sql = format!(
             "WITH recipients AS MATERIALIZED ( \
                SELECT m.user_id FROM members m \
-               WHERE m.conversation_id = $1 AND m.user_id % $2 = $3 AND m.joined_task <= $7 \
+               WHERE m.conversation_id = $1 AND m.user_id >= $2 AND m.user_id < $3 AND m.joined_task <= $7 \
                ORDER BY m.user_id), \
              bumped AS ( \
                UPDATE user_pts p SET pts = p.pts + 1 FROM recipients r WHERE p.user_id = r.user_id \
@@ -159,8 +161,8 @@ impl PgStore {
         );
         let recipients: Vec<(i64, i64)> = sqlx::query_as(&sql)
             .bind(job.conversation_id.0)
-            .bind(job.chunks as i64)
-            .bind(job.chunk as i64)
+            .bind(job.first_user)
+            .bind(job.end_user)
             .bind(job.kind.code() as i32)
             .bind(job.ref_id)
             .bind(job.now_ms)
@@ -186,6 +188,74 @@ impl PgStore {
             recipients,
             member_pts,
         })
+    }
+
+    /// Retries a batch that lost a lock conflict, like a single chunk.
+    async fn fan_out_batch_impl(&self, jobs: &[ChunkJob<'_>]) -> Result<Vec<ChunkOutcome>> {
+        let mut attempt = 0;
+        loop {
+            match self.fan_out_batch_once(jobs).await {
+                Err(StoreError::Db(e)) if is_lock_conflict(&e) && attempt < 3 => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    /// The batched form of `fan_out_chunk_once` for new messages to small groups: tasks already
+    /// gone (an earlier run, or another process) are skipped; each member's counter is bumped
+    /// once, in user order as in a single chunk, by the number of the batch's messages they
+    /// receive, and their rows take the bumped values in queue order.
+    async fn fan_out_batch_once(&self, jobs: &[ChunkJob<'_>]) -> Result<Vec<ChunkOutcome>> {
+        let mut tx = self.writer().begin().await?;
+        let live = Self::claim_batch_tx(&mut tx, jobs).await?;
+        let applied: Vec<&ChunkJob<'_>> =
+            jobs.iter().filter(|j| live.contains(&j.task_id)).collect();
+        let rows = batch_rows_json(&applied);
+        let batch = "WITH b AS (SELECT (r->>0)::bigint AS seq, (r->>1)::bigint AS conv, (r->>2)::bigint AS task, \
+                     (r->>3)::int AS kind, (r->>4)::bigint AS ref FROM jsonb_array_elements($1::jsonb) r)";
+        sqlx::query(
+            "SELECT set_config('enable_hashjoin', 'off', true), \
+                    set_config('enable_mergejoin', 'off', true)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(&format!(
+            "{batch}, r AS MATERIALIZED (SELECT m.user_id, COUNT(*) AS n FROM b \
+               JOIN members m ON m.conversation_id = b.conv AND m.joined_task <= b.task \
+               GROUP BY m.user_id ORDER BY m.user_id) \
+             UPDATE user_pts p SET pts = p.pts + r.n FROM r WHERE p.user_id = r.user_id"
+        ))
+        .bind(&rows)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "SELECT set_config('enable_hashjoin', 'on', true), \
+                    set_config('enable_mergejoin', 'on', true)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let written: Vec<(i64, i64, i64)> = sqlx::query_as(&format!(
+            "{batch}, r AS (SELECT m.user_id, b.conv, b.kind, b.ref, \
+               ROW_NUMBER() OVER (PARTITION BY m.user_id ORDER BY b.seq) AS k, \
+               COUNT(*) OVER (PARTITION BY m.user_id) AS n \
+               FROM b JOIN members m ON m.conversation_id = b.conv AND m.joined_task <= b.task) \
+             INSERT INTO inbox (user_id, pts, kind, conversation_id, ref_id, created_at) \
+             SELECT r.user_id, p.pts - r.n + r.k, r.kind, r.conv, r.ref, $2 \
+             FROM r JOIN user_pts p ON p.user_id = r.user_id \
+             RETURNING user_id, pts, ref_id"
+        ))
+        .bind(&rows)
+        .bind(jobs.first().map_or(0, |j| j.now_ms))
+        .fetch_all(&mut *tx)
+        .await?;
+        let notices: Vec<String> = applied.iter().map(|job| self.inbox_notice(job)).collect();
+        sqlx::query("SELECT pg_notify($1, n) FROM unnest($2::text[]) AS n")
+            .bind(INBOX_CHANNEL)
+            .bind(&notices)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(batch_outcomes(jobs, &live, written))
     }
 
     /// `origin:conversation[:user,user,…]`; delivered to listeners only if the chunk commits.

@@ -74,6 +74,8 @@ macro_rules! shared_store_impl {
                         .map_err(|e| anyhow::anyhow!("task payload: {e}"))?,
                     attempts: row.try_get("attempts")?,
                     run_at_ms: row.try_get("run_at")?,
+                    members: row.try_get::<Option<i64>, _>("members")?.unwrap_or(0),
+                    planned: row.try_get::<Option<i64>, _>("planned")?.unwrap_or(0) != 0,
                 })
             }
 
@@ -294,6 +296,40 @@ macro_rules! shared_store_impl {
                     Self::enqueue_bot_events_tx(tx, job).await?;
                 }
                 Ok(affected == 1)
+            }
+
+            /// A batch's `claim_chunk_tx`: deletes the task rows and queues outgoing-bot events
+            /// for the tasks it deleted; returns their ids (the tasks this run owns).
+            async fn claim_batch_tx(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                jobs: &[ChunkJob<'_>],
+            ) -> Result<std::collections::HashSet<i64>> {
+                let task_ids: Vec<i64> = jobs.iter().map(|j| j.task_id).collect();
+                let live: std::collections::HashSet<i64> = sqlx::query_scalar(&format!(
+                    "DELETE FROM tasks WHERE id IN ({}) RETURNING id",
+                    Self::ids_from("$1")
+                ))
+                .bind(serde_json::to_string(&task_ids).map_err(anyhow::Error::from)?)
+                .fetch_all(&mut **tx)
+                .await?
+                .into_iter()
+                .collect();
+                let conversations: Vec<i64> = jobs.iter().map(|j| j.conversation_id.0).collect();
+                let with_bots: std::collections::HashSet<i64> = sqlx::query_scalar(&format!(
+                    "SELECT DISTINCT conversation_id FROM bot_installs WHERE conversation_id IN ({})",
+                    Self::ids_from("$1")
+                ))
+                .bind(serde_json::to_string(&conversations).map_err(anyhow::Error::from)?)
+                .fetch_all(&mut **tx)
+                .await?
+                .into_iter()
+                .collect();
+                for job in jobs {
+                    if live.contains(&job.task_id) && with_bots.contains(&job.conversation_id.0) {
+                        Self::enqueue_bot_events_tx(tx, job).await?;
+                    }
+                }
+                Ok(live)
             }
 
             /// Inserts the message of a `Post` task unless an earlier run already did.
@@ -898,12 +934,53 @@ macro_rules! shared_store_impl {
                 self.fan_out_chunk_impl(job).await
             }
 
+            async fn fan_out_batch(&self, jobs: &[ChunkJob<'_>]) -> Result<Vec<ChunkOutcome>> {
+                self.fan_out_batch_impl(jobs).await
+            }
+
             async fn watch_inbox(&self) -> Result<Option<tokio::sync::mpsc::Receiver<InboxChange>>> {
                 self.watch_inbox_impl().await
             }
 
+            async fn chunk_plan(&self, task_id: i64, conversation: ConversationId, chunk_size: u32) -> Result<Vec<i64>> {
+                let stored = || {
+                    sqlx::query_scalar::<_, String>("SELECT bounds FROM fanout_plans WHERE task_id = $1")
+                        .bind(task_id)
+                        .fetch_optional(self.writer())
+                };
+                if let Some(bounds) = stored().await? {
+                    return Ok(serde_json::from_str(&bounds).map_err(anyhow::Error::from)?);
+                }
+                let bounds: Vec<i64> = sqlx::query_scalar(
+                    // ceil(n / size) chunks of equal size: each starts at rank 1 + k * per.
+                    "SELECT user_id FROM (SELECT user_id, ROW_NUMBER() OVER (ORDER BY user_id) AS rn, \
+                     COUNT(*) OVER () AS n FROM members WHERE conversation_id = $1) AS ranked \
+                     WHERE rn > 1 AND (rn - 1) % ((n + (n + $2 - 1) / $2 - 1) / ((n + $2 - 1) / $2)) = 0 \
+                     ORDER BY user_id",
+                )
+                .bind(conversation.0)
+                .bind(i64::from(chunk_size.max(1)))
+                .fetch_all(self.writer())
+                .await?;
+                if bounds.is_empty() {
+                    return Ok(bounds);
+                }
+                sqlx::query("INSERT INTO fanout_plans (task_id, bounds) VALUES ($1, $2) ON CONFLICT (task_id) DO NOTHING")
+                    .bind(task_id)
+                    .bind(serde_json::to_string(&bounds).map_err(anyhow::Error::from)?)
+                    .execute(self.writer())
+                    .await?;
+                // Another process may have planned it first: its plan is the one.
+                let bounds = stored().await?.unwrap_or_default();
+                Ok(serde_json::from_str(&bounds).map_err(anyhow::Error::from)?)
+            }
+
             async fn complete_task(&self, task_id: i64) -> Result<()> {
                 let mut tx = self.writer().begin().await?;
+                sqlx::query("DELETE FROM fanout_plans WHERE task_id = $1")
+                    .bind(task_id)
+                    .execute(&mut *tx)
+                    .await?;
                 sqlx::query("DELETE FROM tasks WHERE id = $1")
                     .bind(task_id)
                     .execute(&mut *tx)

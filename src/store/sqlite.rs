@@ -119,8 +119,10 @@ impl SqliteStore {
     /// conversations between workers and each lane runs its tasks one by one.
     async fn claim_tasks_impl(&self, lane: u32, lanes: u32, limit: i64) -> Result<Vec<QueuedTask>> {
         let rows = sqlx::query(
-            "SELECT id, payload, attempts, run_at FROM tasks \
-             WHERE conversation_id % $1 = $2 ORDER BY id LIMIT $3",
+            "SELECT id, payload, attempts, run_at, \
+             (SELECT member_count FROM conversations c WHERE c.id = tasks.conversation_id) AS members, \
+             (SELECT COUNT(*) FROM fanout_plans p WHERE p.task_id = tasks.id) AS planned \
+             FROM tasks WHERE conversation_id % $1 = $2 ORDER BY id LIMIT $3",
         )
         .bind(lanes as i64)
         .bind(lane as i64)
@@ -144,24 +146,24 @@ impl SqliteStore {
         }
         sqlx::query(
             "UPDATE user_pts SET pts = pts + 1 WHERE user_id IN \
-             (SELECT user_id FROM members WHERE conversation_id = $1 AND user_id % $2 = $3 AND joined_task <= $4)",
+             (SELECT user_id FROM members WHERE conversation_id = $1 AND user_id >= $2 AND user_id < $3 AND joined_task <= $4)",
         )
         .bind(job.conversation_id.0)
-        .bind(job.chunks as i64)
-        .bind(job.chunk as i64)
+        .bind(job.first_user)
+        .bind(job.end_user)
         .bind(job.task_id)
         .execute(&mut *tx)
         .await?;
         let insert = format!(
             "INSERT INTO inbox (user_id, pts, kind, conversation_id, ref_id, created_at) \
              SELECT p.user_id, p.pts, $4, $1, $5, $6 FROM members m JOIN user_pts p ON p.user_id = m.user_id \
-             WHERE m.conversation_id = $1 AND m.user_id % $2 = $3 AND m.joined_task <= $7 {}",
+             WHERE m.conversation_id = $1 AND m.user_id >= $2 AND m.user_id < $3 AND m.joined_task <= $7 {}",
             if job.want_recipients { "RETURNING user_id, pts" } else { "" }
         );
         let recipients: Vec<(i64, i64)> = sqlx::query_as(&insert)
             .bind(job.conversation_id.0)
-            .bind(job.chunks as i64)
-            .bind(job.chunk as i64)
+            .bind(job.first_user)
+            .bind(job.end_user)
             .bind(job.kind.code() as i32)
             .bind(job.ref_id)
             .bind(job.now_ms)
@@ -182,6 +184,45 @@ impl SqliteStore {
             recipients,
             member_pts,
         })
+    }
+
+    /// The batched form of `fan_out_chunk_impl` for new messages to small groups: tasks whose
+    /// row is already gone (an earlier run) are skipped; each member's counter is bumped once
+    /// by the number of the batch's messages they receive, and their rows take the bumped
+    /// values in queue order. Four statements and one commit whatever the batch size.
+    async fn fan_out_batch_impl(&self, jobs: &[ChunkJob<'_>]) -> Result<Vec<ChunkOutcome>> {
+        let mut tx = self.writer().begin().await?;
+        let live = Self::claim_batch_tx(&mut tx, jobs).await?;
+        let applied: Vec<&ChunkJob<'_>> =
+            jobs.iter().filter(|j| live.contains(&j.task_id)).collect();
+        let rows = batch_rows_json(&applied);
+        let batch = "WITH b AS (SELECT json_extract(value, '$[0]') AS seq, json_extract(value, '$[1]') AS conv, \
+                     json_extract(value, '$[2]') AS task, json_extract(value, '$[3]') AS kind, \
+                     json_extract(value, '$[4]') AS ref FROM json_each($1))";
+        sqlx::query(&format!(
+            "{batch}, r AS (SELECT m.user_id AS user_id, COUNT(*) AS n FROM b \
+               JOIN members m ON m.conversation_id = b.conv AND m.joined_task <= b.task GROUP BY m.user_id) \
+             UPDATE user_pts SET pts = pts + r.n FROM r WHERE user_pts.user_id = r.user_id"
+        ))
+        .bind(&rows)
+        .execute(&mut *tx)
+        .await?;
+        let written: Vec<(i64, i64, i64)> = sqlx::query_as(&format!(
+            "{batch}, r AS (SELECT m.user_id AS user_id, b.conv AS conv, b.kind AS kind, b.ref AS ref, \
+               ROW_NUMBER() OVER (PARTITION BY m.user_id ORDER BY b.seq) AS k, \
+               COUNT(*) OVER (PARTITION BY m.user_id) AS n \
+               FROM b JOIN members m ON m.conversation_id = b.conv AND m.joined_task <= b.task) \
+             INSERT INTO inbox (user_id, pts, kind, conversation_id, ref_id, created_at) \
+             SELECT r.user_id, p.pts - r.n + r.k, r.kind, r.conv, r.ref, $2 \
+             FROM r JOIN user_pts p ON p.user_id = r.user_id WHERE true \
+             RETURNING user_id, pts, ref_id"
+        ))
+        .bind(&rows)
+        .bind(jobs.first().map_or(0, |j| j.now_ms))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(batch_outcomes(jobs, &live, written))
     }
 
     /// Writes the event to `also_notify` users who are not (or no longer) members.
@@ -256,10 +297,138 @@ async fn group_commit_loop(
 async fn commit_group(writer: &SqlitePool, group: &[PendingEnqueue]) -> Result<Vec<Enqueued>> {
     let now = clock::now_ms();
     let mut tx = writer.begin().await?;
-    let mut results = Vec::with_capacity(group.len());
-    for p in group {
-        results.push(SqliteStore::enqueue_in(&mut tx, &p.message, now).await?);
-    }
+    let results = if let [single] = group {
+        vec![SqliteStore::enqueue_in(&mut tx, &single.message, now).await?]
+    } else {
+        let messages: Vec<&Message> = group.iter().map(|p| &p.message).collect();
+        enqueue_group_tx(&mut tx, &messages, now).await?
+    };
     tx.commit().await?;
     Ok(results)
+}
+
+/// `enqueue_in` for a whole group in three statements: claim the dedupe keys, then write the
+/// new messages and their tasks (task ids follow the group's order, which is arrival order).
+async fn enqueue_group_tx(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    messages: &[&Message],
+    now: i64,
+) -> Result<Vec<Enqueued>> {
+    let results = claim_dedupe_keys(tx, messages, now).await?;
+    let fresh: Vec<MessageRecord> = messages
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| matches!(r, Enqueued::New(_)))
+        .map(|(m, _)| MessageRecord::from(*m))
+        .collect();
+    if fresh.is_empty() {
+        return Ok(results);
+    }
+    let rows = message_rows_json(&fresh)?;
+    sqlx::query(
+        "INSERT INTO messages (id, org_id, conversation_id, sender_id, sender_kind, sender_name, \
+         msgtype, content, at, thread_key, dedupe_key, recalled, created_at, updated_at) \
+         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), \
+         json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'), \
+         json_extract(value, '$[6]'), json_extract(value, '$[7]'), json_extract(value, '$[8]'), \
+         json_extract(value, '$[9]'), json_extract(value, '$[10]'), 0, json_extract(value, '$[11]'), $2 \
+         FROM json_each($1) ORDER BY key",
+    )
+    .bind(&rows)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    let tasks: Vec<(i64, String)> = fresh
+        .into_iter()
+        .map(|record| {
+            let conversation = record.conversation_id.0;
+            let task = Task::Post {
+                message: Box::new(record),
+            };
+            serde_json::to_string(&task).map(|payload| (conversation, payload))
+        })
+        .collect::<std::result::Result<_, _>>()
+        .map_err(anyhow::Error::from)?;
+    sqlx::query(
+        "INSERT INTO tasks (conversation_id, payload, attempts, run_at, locked_until, created_at) \
+         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), 0, $2, 0, $2 \
+         FROM json_each($1) ORDER BY key",
+    )
+    .bind(serde_json::to_string(&tasks).map_err(anyhow::Error::from)?)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(results)
+}
+
+/// Claims the group's dedupe keys in one statement; a key already taken (earlier, or by an
+/// earlier message of this group) makes its message a duplicate of the holder.
+async fn claim_dedupe_keys(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    messages: &[&Message],
+    now: i64,
+) -> Result<Vec<Enqueued>> {
+    let keyed: Vec<(i64, &str, i64)> = messages
+        .iter()
+        .filter_map(|m| Some((m.conversation_id.0, m.dedupe_key.as_deref()?, m.id.0)))
+        .collect();
+    let claimed: std::collections::HashSet<i64> = if keyed.is_empty() {
+        Default::default()
+    } else {
+        sqlx::query_scalar(
+            "INSERT INTO dedupe (conversation_id, dedupe_key, message_id, created_at) \
+             SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), $2 \
+             FROM json_each($1) WHERE true ORDER BY key \
+             ON CONFLICT (conversation_id, dedupe_key) DO NOTHING RETURNING message_id",
+        )
+        .bind(serde_json::to_string(&keyed).map_err(anyhow::Error::from)?)
+        .bind(now)
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .collect()
+    };
+    let mut results = Vec::with_capacity(messages.len());
+    for m in messages {
+        let result = match &m.dedupe_key {
+            Some(key) if !claimed.contains(&m.id.0) => {
+                let holder: i64 = sqlx::query_scalar(
+                    "SELECT message_id FROM dedupe WHERE conversation_id = $1 AND dedupe_key = $2",
+                )
+                .bind(m.conversation_id.0)
+                .bind(key)
+                .fetch_one(&mut **tx)
+                .await?;
+                Enqueued::Duplicate(MessageId(holder))
+            }
+            _ => Enqueued::New(m.id),
+        };
+        results.push(result);
+    }
+    Ok(results)
+}
+
+/// The messages as the JSON rows the group insert reads, columns in its order.
+fn message_rows_json(records: &[MessageRecord]) -> Result<String> {
+    let rows: Vec<serde_json::Value> = records
+        .iter()
+        .map(|m| {
+            Ok(serde_json::json!([
+                m.id.0,
+                m.org_id.0,
+                m.conversation_id.0,
+                m.sender.id,
+                m.sender.kind.as_str(),
+                m.sender.name,
+                m.msgtype,
+                m.content.to_string(),
+                serde_json::to_string(&m.at)?,
+                m.thread_key,
+                m.dedupe_key,
+                m.created_at_ms,
+            ]))
+        })
+        .collect::<std::result::Result<_, serde_json::Error>>()
+        .map_err(anyhow::Error::from)?;
+    Ok(serde_json::Value::Array(rows).to_string())
 }

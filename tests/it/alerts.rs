@@ -167,7 +167,7 @@ pub(crate) async fn wait_state(server: &Server, token: &str, id: &str, state: &s
     }
 }
 
-async fn post_json(server: &Server, url: &str, body: Vec<u8>) -> (StatusCode, Value) {
+pub(crate) async fn post_json(server: &Server, url: &str, body: Vec<u8>) -> (StatusCode, Value) {
     let resp = server
         .http
         .post(url)
@@ -181,7 +181,7 @@ async fn post_json(server: &Server, url: &str, body: Vec<u8>) -> (StatusCode, Va
 }
 
 /// A PagerDuty event: the fixture's body with its action and dedup key set.
-fn pagerduty(action: &str, dedup_key: &str) -> Vec<u8> {
+pub(crate) fn pagerduty(action: &str, dedup_key: &str) -> Vec<u8> {
     let mut body: Value = serde_json::from_slice(&fixture("pagerduty/event.trigger.json")).unwrap();
     body["event_action"] = json!(action);
     body["dedup_key"] = json!(dedup_key);

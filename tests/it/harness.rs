@@ -155,7 +155,10 @@ impl Server {
                 "HERALD_DATABASE_URL",
                 self.database_url.clone().unwrap_or_default(),
             )
-            .env("HERALD_LOG", "herald=warn");
+            .env(
+                "HERALD_LOG",
+                std::env::var("HERALD_TEST_LOG").unwrap_or_else(|_| "herald=warn".into()),
+            );
         cmd
     }
 

@@ -14,7 +14,8 @@ use crate::harness::{on_both_backends, Backend, Server};
 
 on_both_backends!(
     custom_robot_security_and_errcodes,
-    dingtalk_python_client_sends_every_kind
+    dingtalk_python_client_sends_every_kind,
+    concurrent_repeats_of_a_msg_uuid_post_once
 );
 
 fn sign(secret: &str, timestamp: i64) -> String {
@@ -317,4 +318,46 @@ async fn dingtalk_python_client_sends_every_kind(backend: Backend) {
         .unwrap()
         .starts_with("hello from python 你好"));
     assert_eq!(first["at"]["atUserIds"], json!([ids[0].clone()]));
+}
+
+/// Forty requests at once — ten `msgUuid`s sent four times each, and ten without one — all
+/// answered ok; each uuid is posted exactly once and every other message once. On SQLite
+/// these land in shared group commits, repeats of a key within one group included.
+async fn concurrent_repeats_of_a_msg_uuid_post_once(backend: Backend) {
+    let server = Server::start(backend, "").await;
+    let admin = server.admin_token();
+    let ids = server.create_users(&admin, "u", 2).await;
+    let robot = json!({"kind": "custom", "name": "ci", "rate_per_minute": 1000,
+                       "security": {"sign": false, "keywords": ["deploy"], "ip_ranges": []}});
+    let (_, robot) = robot_in_group(&server, &admin, &ids, robot).await;
+    let token = robot["access_token"].as_str().unwrap().to_string();
+    let query = format!("access_token={token}");
+    let bodies: Vec<Value> = (0..40)
+        .map(|i| match i % 4 {
+            3 => json!({"msgtype": "text", "text": {"content": format!("deploy plain {i}")}}),
+            _ => json!({"msgtype": "text", "text": {"content": format!("deploy uuid {}", i / 4)},
+                        "msgUuid": format!("u-{}", i / 4)}),
+        })
+        .collect();
+    let answers =
+        futures::future::join_all(bodies.into_iter().map(|b| send(&server, &query, b))).await;
+    for answer in &answers {
+        assert_eq!(answer["errcode"], 0, "{answer}");
+    }
+    let db = server.db().await;
+    server.drain(&db).await;
+    let member = server.token_for(&admin, &ids[0]).await;
+    let mut texts: Vec<String> = server
+        .sync_all(&member, 0)
+        .await
+        .iter()
+        .filter_map(|e| e["message"]["text"]["content"].as_str().map(String::from))
+        .collect();
+    texts.sort();
+    let mut expected: Vec<String> = (0..10)
+        .map(|k| format!("deploy uuid {k}"))
+        .chain((0..10).map(|k| format!("deploy plain {}", 4 * k + 3)))
+        .collect();
+    expected.sort();
+    assert_eq!(texts, expected);
 }

@@ -104,12 +104,13 @@ impl Runtime {
     pub(super) fn call_warm(
         &self,
         compiled: &Compiled,
+        pre: &v0_1::AdapterPre<HostState>,
         state: HostState,
         request: &PluginRequest,
     ) -> Result<PluginOutput, PluginError> {
         let mut warm = match compiled.warm.take() {
             Some(warm) => warm,
-            None => self.warm_instance(compiled, state.guest_stderr)?,
+            None => self.warm_instance(pre, state.guest_stderr)?,
         };
         // This call's robot: its config, its log budget. The guest's WASI resources (its
         // stdio handles) stay with the instance that holds them.
@@ -130,14 +131,18 @@ impl Runtime {
         }
     }
 
-    fn warm_instance(&self, compiled: &Compiled, guest_stderr: bool) -> Result<Warm, PluginError> {
+    fn warm_instance(
+        &self,
+        pre: &v0_1::AdapterPre<HostState>,
+        guest_stderr: bool,
+    ) -> Result<Warm, PluginError> {
         let mut state = HostState::new("", Default::default());
         state.guest_stderr = guest_stderr;
         let mut store = Store::new(&self.engine, state);
         store.data_mut().limits.max_memory = self.memory_bytes;
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(self.deadline_ticks);
-        match compiled.pre.instantiate(&mut store) {
+        match pre.instantiate(&mut store) {
             Ok(adapter) => Ok(Warm {
                 store,
                 adapter,

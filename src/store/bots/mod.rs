@@ -7,10 +7,12 @@
 mod deliveries;
 mod registry;
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 
 use super::{Result, StoreError};
-use crate::ids::{BotId, ConversationId, OrgId};
+use crate::ids::{BotId, ConversationId, OrgId, PluginId};
 use crate::model::{Sender, SenderKind};
 use crate::outgoing::triggers::{BotEvent, Trigger};
 
@@ -32,7 +34,12 @@ pub struct Bot {
     pub id: BotId,
     pub org_id: OrgId,
     pub name: String,
+    /// Empty for a bot that runs a plugin.
     pub callback_url: String,
+    /// A `herald:bot` plugin of the org that answers the events instead of a URL.
+    pub plugin_id: Option<PluginId>,
+    /// What the plugin's `config` import reads.
+    pub config: BTreeMap<String, String>,
     pub secret: String,
     pub previous_secret: Option<String>,
     pub previous_secret_until_ms: i64,
@@ -78,7 +85,10 @@ impl Bot {
 pub struct NewBot {
     pub org_id: OrgId,
     pub name: String,
+    /// Empty when `plugin_id` is set.
     pub callback_url: String,
+    pub plugin_id: Option<PluginId>,
+    pub config: BTreeMap<String, String>,
     pub secret: String,
     pub triggers: Vec<Trigger>,
     pub keywords: Vec<String>,
@@ -91,6 +101,9 @@ pub struct NewBot {
 pub struct BotPatch {
     pub name: Option<String>,
     pub callback_url: Option<String>,
+    /// Another plugin (a new version) for a plugin bot.
+    pub plugin_id: Option<PluginId>,
+    pub config: Option<BTreeMap<String, String>>,
     pub triggers: Option<Vec<Trigger>>,
     pub keywords: Option<Vec<String>>,
     pub events: Option<Vec<BotEvent>>,
@@ -139,5 +152,10 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| StoreError::Other(e.into()))
 }
 
+fn config_map(text: &str) -> Result<BTreeMap<String, String>> {
+    serde_json::from_str(text).map_err(|e| StoreError::Other(anyhow::anyhow!("stored config: {e}")))
+}
+
 const BOT_COLUMNS: &str = "id, org_id, name, callback_url, secret, previous_secret, \
-    previous_secret_until, triggers, keywords, events, enabled, failing_since, disabled_reason, created_at";
+    previous_secret_until, triggers, keywords, events, enabled, failing_since, disabled_reason, created_at, \
+    plugin_id, config";

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use sqlx::Row;
 
 use crate::clock;
-use crate::ids::{BotId, ConversationId, OrgId};
+use crate::ids::{BotId, ConversationId, OrgId, PluginId};
 use crate::model::{ConversationKind, EventKind, Role, Sender, SenderKind};
 use crate::outgoing::payload::{self, EventContext};
 use crate::outgoing::triggers::{self, Rules};
@@ -24,6 +24,8 @@ macro_rules! bot_store_impl {
                     org_id: OrgId(row.try_get("org_id")?),
                     name: row.try_get("name")?,
                     callback_url: row.try_get("callback_url")?,
+                    plugin_id: row.try_get::<Option<i64>, _>("plugin_id")?.map(PluginId),
+                    config: config_map(row.try_get("config")?)?,
                     secret: row.try_get("secret")?,
                     previous_secret: row.try_get("previous_secret")?,
                     previous_secret_until_ms: row.try_get("previous_secret_until")?,
@@ -254,8 +256,9 @@ macro_rules! bot_store_impl {
                 let mut tx = self.writer().begin().await?;
                 let id: i64 = sqlx::query_scalar(
                     "INSERT INTO bots (org_id, name, callback_url, secret, previous_secret, previous_secret_until, \
-                     triggers, keywords, events, enabled, failing_since, disabled_reason, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, NULL, 0, $5, $6, $7, $8, NULL, NULL, $9, $9) RETURNING id",
+                     triggers, keywords, events, enabled, failing_since, disabled_reason, created_at, updated_at, \
+                     plugin_id, config) \
+                     VALUES ($1, $2, $3, $4, NULL, 0, $5, $6, $7, $8, NULL, NULL, $9, $9, $10, $11) RETURNING id",
                 )
                 .bind(new.org_id.0)
                 .bind(&new.name)
@@ -266,6 +269,8 @@ macro_rules! bot_store_impl {
                 .bind(to_json(&new.events)?)
                 .bind(true)
                 .bind(now)
+                .bind(new.plugin_id.map(|p| p.0))
+                .bind(to_json(&new.config)?)
                 .fetch_one(&mut *tx)
                 .await?;
                 Self::install_tx(&mut tx, new.org_id, BotId(id), &new.conversations).await?;
@@ -323,7 +328,7 @@ macro_rules! bot_store_impl {
                 let enabled = patch.enabled.unwrap_or(old.enabled);
                 sqlx::query(
                     "UPDATE bots SET name = $1, callback_url = $2, triggers = $3, keywords = $4, events = $5, \
-                     enabled = $6, updated_at = $7, \
+                     enabled = $6, updated_at = $7, plugin_id = $10, config = $11, \
                      failing_since = CASE WHEN $8 THEN NULL ELSE failing_since END, \
                      disabled_reason = CASE WHEN $8 THEN NULL WHEN $6 THEN disabled_reason ELSE COALESCE(disabled_reason, 'disabled by an admin') END \
                      WHERE id = $9",
@@ -337,6 +342,8 @@ macro_rules! bot_store_impl {
                 .bind(now)
                 .bind(enable)
                 .bind(id.0)
+                .bind(patch.plugin_id.or(old.plugin_id).map(|p| p.0))
+                .bind(to_json(patch.config.as_ref().unwrap_or(&old.config))?)
                 .execute(&mut *tx)
                 .await?;
                 let mut added = Vec::new();
