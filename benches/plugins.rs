@@ -9,8 +9,16 @@
 //!    as a built-in adapter would do it. Target: plugin ≤ 2× native.
 //! 3. **Instantiate**: a fresh instance alone (pooling allocator, `InstancePre`). Target ≤ 50 µs.
 //! 4. For scale: the built-in GitHub adapter + template render of an 8.8 KB push.
+//! 5. **Python plugin** (plugins/jenkins, componentize-py; skipped when
+//!    target/plugins/jenkins.wasm is missing): per call (`Runtime::call` reuses a warm instance
+//!    for interpreted guests) and instantiate alone, on the Jenkins failed-build fixture.
+//! 6. **Webhook throughput** through the whole server (`http`): `/hooks/plugin/{token}` with the
+//!    C and the Python plugin next to the built-in `/hooks/github/{token}`, in the same run.
 //!
-//! Each figure is the median over 31 samples of the mean of a batch of calls.
+//! Each per-call figure is the median over 31 samples of the mean of a batch of calls.
+
+#[path = "plugins/http.rs"]
+mod http;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -25,7 +33,8 @@ use herald::ingress::RawWebhook;
 use herald::model::{Content, Markdown};
 use herald::plugin::{HostState, PluginRequest, Runtime};
 use herald::robot::{Robot, RobotKind, RobotSpec};
-use serde_json::Value;
+use serde_json::{json, Value};
+use std::sync::Arc;
 
 const SAMPLES: usize = 31;
 
@@ -224,4 +233,134 @@ fn main() {
     println!("| native Rust, same transform | {native_us:.1} | 1.00× |");
     println!("| instantiate alone (pooling, InstancePre) | {instantiate_us:.2} | target ≤ 50 µs |");
     println!("| built-in GitHub adapter + render, 8.8 KB push | {github_us:.1} | (scale) |");
+    if let Some(row) = python_plugin(&runtime, native_us) {
+        println!("{row}");
+    }
+    let rt = tokio::runtime::Runtime::new().expect("tokio");
+    rt.block_on(throughput(&wasm)).expect("throughput");
+}
+
+/// The Jenkins plugin (Python) per call and instantiate alone, as table rows.
+fn python_plugin(runtime: &Runtime, native_us: f64) -> Option<String> {
+    let wasm = std::fs::read(root().join("target/plugins/jenkins.wasm")).ok()?;
+    let compile_start = Instant::now();
+    let compiled = runtime.compile(&wasm).expect("the Python plugin compiles");
+    let compile_ms = compile_start.elapsed().as_secs_f64() * 1e3;
+    let body = std::fs::read(root().join("plugins/jenkins/fixtures/build.completed.failure.json"))
+        .expect("fixture");
+    let request = PluginRequest {
+        method: "POST".into(),
+        path: "/hooks/plugin/bench".into(),
+        query: Vec::new(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: body.clone().into(),
+    };
+    let call = || {
+        runtime
+            .call(
+                &compiled,
+                HostState::new("bench", BTreeMap::new()),
+                &request,
+            )
+            .expect("call")
+    };
+    assert_eq!(
+        call().messages.len(),
+        1,
+        "the plugin posts the failed build"
+    );
+    let per_call = measure(100, || {
+        std::hint::black_box(call());
+    });
+    let instantiate = measure(200, || runtime.instantiate(&compiled).expect("instantiate"));
+    Some(format!(
+        "| Python plugin (jenkins, {} MB, compiled in {compile_ms:.0} ms), per call in a warm \
+         instance, {} byte payload | {per_call:.1} | {:.2}× native sentry |\n\
+         | Python plugin, instantiate alone | {instantiate:.1} | |",
+        wasm.len() / 1_000_000,
+        body.len(),
+        per_call / native_us
+    ))
+}
+
+/// `/hooks/plugin/{token}` (C and Python plugins) next to `/hooks/github/{token}`.
+async fn throughput(sentry: &[u8]) -> anyhow::Result<()> {
+    let herald = http::Herald::start().await?;
+    let mut targets = Vec::new();
+    let github_secret = "bench-github-secret";
+    let github = herald
+        .robot("github", json!({"secret": github_secret}))
+        .await?;
+    let push = std::fs::read(root().join("../shared/fixtures/github/push.branch.json"))?;
+    targets.push((
+        "built-in `/hooks/github/{token}`, 8.8 KB push",
+        http::Target {
+            url: github["webhook_url"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            headers: vec![
+                ("content-type".into(), "application/json".into()),
+                ("x-github-event".into(), "push".into()),
+                (
+                    "x-hub-signature-256".into(),
+                    http::github_signature(github_secret, &push),
+                ),
+            ],
+            body: push,
+            unique_header: "x-github-delivery",
+        },
+    ));
+    let sentry_id = herald.plugin("sentry", sentry.to_vec()).await?;
+    let robot = herald
+        .robot("plugin", json!({"plugin_id": sentry_id}))
+        .await?;
+    let alert = std::fs::read(root().join("plugins/sentry/fixtures/event_alert.triggered.json"))?;
+    targets.push((
+        "`/hooks/plugin/{token}`, C plugin (sentry), 5 KB alert",
+        http::Target {
+            url: robot["webhook_url"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            headers: vec![
+                ("content-type".into(), "application/json".into()),
+                ("sentry-hook-resource".into(), "event_alert".into()),
+            ],
+            body: alert,
+            unique_header: "request-id",
+        },
+    ));
+    if let Ok(jenkins) = std::fs::read(root().join("target/plugins/jenkins.wasm")) {
+        let id = herald.plugin("jenkins", jenkins).await?;
+        let robot = herald.robot("plugin", json!({"plugin_id": id})).await?;
+        let body = std::fs::read(root().join("plugins/jenkins/fixtures/build.started.json"))?;
+        targets.push((
+            "`/hooks/plugin/{token}`, Python plugin (jenkins), 1 KB build (deduped after the first)",
+            http::Target {
+                url: robot["webhook_url"].as_str().unwrap_or_default().to_string(),
+                headers: vec![("content-type".into(), "application/json".into())],
+                body,
+                unique_header: "x-bench-request",
+            },
+        ));
+    }
+    println!(
+        "\nwebhook throughput ({} concurrent clients, SQLite, durable enqueue)\n",
+        16
+    );
+    println!("| endpoint | requests/s | p50 ms | vs built-in |");
+    println!("| --- | ---: | ---: | ---: |");
+    let mut builtin = None;
+    for (name, target) in targets {
+        let rate = http::drive(&herald, Arc::new(target)).await?;
+        let base = *builtin.get_or_insert(rate.per_second);
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.2}× |",
+            rate.per_second,
+            rate.p50_ms,
+            rate.per_second / base
+        );
+    }
+    herald.stop().await
 }

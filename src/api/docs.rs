@@ -81,6 +81,7 @@ pub struct EventDoc {
         super::robots::update_robot, super::robots::delete_robot, super::robots::rotate_robot,
         super::robots::list_mentions, super::robots::set_mentions,
         super::plugins::upload_plugin, super::plugins::list_plugins, super::plugins::get_plugin,
+        super::plugins::delete_plugin,
         super::incidents::list_incidents, super::incidents::get_incident, super::incidents::ack,
         super::incidents::resolve, super::incidents::silence, super::incidents::card_action,
         super::escalation::create, super::escalation::list, super::escalation::read,

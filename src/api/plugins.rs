@@ -1,12 +1,15 @@
-//! The plugin registry: an org admin uploads a WebAssembly component under a name and version;
-//! herald validates it against a world it supports, compiles it once and keeps it
-//! content-addressed. Robots of kind `plugin` name one by id. Entries are immutable: a new
-//! build is a new version, and a robot switches by `PATCH /robots/{id}` without a restart.
+//! The plugin registry: an org admin uploads a WebAssembly component under a name and version
+//! (the raw body with `?name=&version=`, or a `multipart/form-data` form with fields `name`,
+//! `version` and `file`); herald validates it against a world it supports, compiles it once
+//! and keeps it content-addressed. Robots of kind `plugin` name one by id. Entries are
+//! immutable: a new build is a new version, and a robot switches by `PATCH /robots/{id}`
+//! without a restart. An entry no robot uses can be deleted.
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::Router;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -25,19 +28,40 @@ pub fn router(app: &AppState) -> Router<AppState> {
             "/plugins",
             post(upload_plugin).layer(upload_limit).get(list_plugins),
         )
-        .route("/plugins/{id}", get(get_plugin))
+        .route("/plugins/{id}", get(get_plugin).delete(delete_plugin))
 }
 
+/// Name and version in the query: required with a raw body; a multipart form may carry them
+/// as fields instead.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct UploadParams {
     /// 1–64 characters: letters, digits, `.`, `_`, `-`.
-    name: String,
+    name: Option<String>,
     /// 1–64 characters: letters, digits, `.`, `_`, `-`, `+`.
-    version: String,
+    version: Option<String>,
 }
 
-/// A registered plugin with its counters since this process started.
+/// The multipart form of an upload (docs only: parsed by `read_form`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct UploadForm {
+    name: String,
+    version: String,
+    /// The component's bytes.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
+
+/// What an upload carried, whichever way it came.
+#[derive(Default)]
+struct Upload {
+    name: Option<String>,
+    version: Option<String>,
+    wasm: Bytes,
+}
+
+/// A registered plugin with its call counters (kept across restarts).
 #[derive(Serialize, ToSchema)]
 pub(crate) struct PluginView {
     id: PluginId,
@@ -52,9 +76,12 @@ pub(crate) struct PluginView {
 }
 
 impl PluginView {
+    /// The stored counters plus those not flushed yet.
     fn of(app: &AppState, p: PluginRecord) -> PluginView {
+        let mut stats = p.stats;
+        stats.add(&app.plugins.stats(p.id));
         PluginView {
-            stats: app.plugins.stats(p.id),
+            stats,
             id: p.id,
             name: p.name,
             version: p.version,
@@ -81,23 +108,96 @@ fn check_label(what: &str, value: &str, extra: &[char]) -> Result<(), ApiError> 
     }
 }
 
-fn check_media_type(headers: &HeaderMap) -> Result<(), ApiError> {
+/// The upload's media type: the raw component, or a multipart form (with its boundary).
+enum Body {
+    Raw,
+    Form(String),
+}
+
+fn body_kind(headers: &HeaderMap) -> Result<Body, ApiError> {
     let ctype = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let media = ctype.split(';').next().unwrap_or_default().trim();
     match media {
-        "application/wasm" | "application/octet-stream" => Ok(()),
+        "application/wasm" | "application/octet-stream" => Ok(Body::Raw),
+        "multipart/form-data" => multer::parse_boundary(ctype).map(Body::Form).map_err(|e| {
+            ApiError::bad_request(format!(
+                "multipart/form-data without a usable boundary: {e}"
+            ))
+        }),
         other => Err(ApiError::UnsupportedMediaType(format!(
-            "upload the component as the raw body with Content-Type: application/wasm, got {other:?}"
+            "upload the component as the raw body with Content-Type: application/wasm, or as \
+             the field `file` of a multipart/form-data form, got {other:?}"
         ))),
     }
 }
 
-/// Upload a plugin component (the raw body) under a name and version.
+fn bad_form(e: multer::Error) -> ApiError {
+    ApiError::bad_request(format!("malformed multipart/form-data: {e}"))
+}
+
+/// Reads the fields `name`, `version` and `file` of a form; any other field, or one given
+/// twice, is refused so a typo does not silently upload something else.
+async fn read_form(boundary: String, body: Bytes) -> Result<Upload, ApiError> {
+    let stream = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(body) });
+    let mut form = multer::Multipart::new(stream, boundary);
+    let mut upload = Upload::default();
+    let mut file = None;
+    while let Some(field) = form.next_field().await.map_err(bad_form)? {
+        let name = field.name().unwrap_or_default().to_string();
+        let twice = match name.as_str() {
+            "name" => upload
+                .name
+                .replace(field.text().await.map_err(bad_form)?)
+                .is_some(),
+            "version" => upload
+                .version
+                .replace(field.text().await.map_err(bad_form)?)
+                .is_some(),
+            "file" => file
+                .replace(field.bytes().await.map_err(bad_form)?)
+                .is_some(),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                "unexpected form field {other:?}: the form has the fields name, version and file"
+            )))
+            }
+        };
+        if twice {
+            return Err(ApiError::bad_request(format!(
+                "the form field {name:?} is given twice"
+            )));
+        }
+    }
+    upload.wasm = file.ok_or_else(|| {
+        ApiError::bad_request("the form has no field `file` with the component's bytes")
+    })?;
+    Ok(upload)
+}
+
+/// One of name/version from the query or the form (not both, unless equal).
+fn pick(what: &str, query: Option<String>, form: Option<String>) -> Result<String, ApiError> {
+    match (query, form) {
+        (Some(q), Some(f)) if q != f => Err(ApiError::bad_request(format!(
+            "{what} is given twice, as {q:?} in the query and {f:?} in the form"
+        ))),
+        (q, f) => f.or(q).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{what} is missing: give ?{what}= in the query or a form field {what}"
+            ))
+        }),
+    }
+}
+
+/// Upload a plugin component under a name and version: the raw body (`application/wasm`,
+/// name and version in the query) or a multipart form with fields `name`, `version`, `file`.
 #[utoipa::path(post, path = "/api/v1/plugins", tag = "plugins", params(UploadParams),
-    request_body(content = Vec<u8>, content_type = "application/wasm"),
+    request_body(content(
+        (Vec<u8> = "application/wasm"),
+        (UploadForm = "multipart/form-data"),
+    )),
     responses((status = 201, body = PluginView), (status = 400, body = crate::error::ErrorBody),
               (status = 409, body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody),
               (status = 415, body = crate::error::ErrorBody)),
@@ -109,16 +209,36 @@ pub(crate) async fn upload_plugin(
     headers: HeaderMap,
     body: Result<RawBody, ApiError>,
 ) -> Result<(StatusCode, Json<PluginView>), ApiError> {
-    check_label("name", &params.name, &[])?;
-    check_label("version", &params.version, &['+'])?;
-    check_media_type(&headers)?;
-    let RawBody(wasm) = body.map_err(|e| match e {
+    let kind = body_kind(&headers)?;
+    let RawBody(bytes) = body.map_err(|e| match e {
         ApiError::PayloadTooLarge(_) => ApiError::PayloadTooLarge(format!(
             "the component exceeds plugins.max_upload_bytes ({} bytes)",
             app.config.plugins.max_upload_bytes
         )),
         other => other,
     })?;
+    let form = match kind {
+        Body::Raw => Upload {
+            wasm: bytes,
+            ..Upload::default()
+        },
+        Body::Form(boundary) => read_form(boundary, bytes).await?,
+    };
+    let name = pick("name", params.name, form.name)?;
+    let version = pick("version", params.version, form.version)?;
+    check_label("name", &name, &[])?;
+    check_label("version", &version, &['+'])?;
+    register(&app, caller.org(), &name, &version, form.wasm).await
+}
+
+/// Validates, compiles and stores an upload; keeps it compiled for its first call.
+async fn register(
+    app: &AppState,
+    org: crate::ids::OrgId,
+    name: &str,
+    version: &str,
+    wasm: Bytes,
+) -> Result<(StatusCode, Json<PluginView>), ApiError> {
     if wasm.is_empty() {
         return Err(ApiError::bad_request(
             "the body must be the component's bytes",
@@ -128,9 +248,9 @@ pub(crate) async fn upload_plugin(
     let record = app
         .store
         .create_plugin(&NewPlugin {
-            org_id: caller.org(),
-            name: &params.name,
-            version: &params.version,
+            org_id: org,
+            name,
+            version,
             sha256: &compiled.sha256,
             world: compiled.world,
             wasm: &wasm,
@@ -138,7 +258,7 @@ pub(crate) async fn upload_plugin(
         .await?;
     app.plugins.remember(record.id, compiled);
     tracing::info!(plugin.id = %record.id, name = %record.name, version = %record.version, "plugin registered");
-    Ok((StatusCode::CREATED, Json(PluginView::of(&app, record))))
+    Ok((StatusCode::CREATED, Json(PluginView::of(app, record))))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -180,4 +300,21 @@ pub(crate) async fn get_plugin(
 ) -> Result<Json<PluginView>, ApiError> {
     let record = app.store.get_plugin(caller.org(), id).await?;
     Ok(Json(PluginView::of(&app, record)))
+}
+
+/// Delete a plugin: refused with 409 while a robot of the org uses it (switch those robots
+/// to another plugin, or delete them, first).
+#[utoipa::path(delete, path = "/api/v1/plugins/{id}", tag = "plugins", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = crate::error::ErrorBody),
+              (status = 409, body = crate::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn delete_plugin(
+    State(app): State<AppState>,
+    Admin(caller): Admin,
+    Path(id): Path<PluginId>,
+) -> Result<StatusCode, ApiError> {
+    app.store.delete_plugin(caller.org(), id).await?;
+    app.plugins.forget(id);
+    tracing::info!(plugin.id = %id, "plugin deleted");
+    Ok(StatusCode::NO_CONTENT)
 }

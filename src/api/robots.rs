@@ -52,7 +52,8 @@ pub(crate) struct CreateRobot {
     config: Option<std::collections::BTreeMap<String, String>>,
 }
 
-/// A robot as the API shows it; `access_token` and `secret` only when created or rotated.
+/// A robot as the API shows it; `access_token`, `secret` and the values of `config` only when
+/// created or rotated (otherwise config values read `<redacted>`).
 #[derive(Serialize, ToSchema)]
 pub(crate) struct RobotView {
     id: RobotId,
@@ -72,8 +73,38 @@ pub(crate) struct RobotView {
     created_at: String,
 }
 
+/// What a plugin robot's `config` values read as in GET and list answers: config holds a
+/// plugin's secrets (signing keys, tokens), so only the keys are shown. A PATCH that sends
+/// this marker back for a key keeps the stored value.
+pub(crate) const REDACTED: &str = "<redacted>";
+
+/// The config as answers show it when secrets are not revealed.
+fn redact(config: &mut std::collections::BTreeMap<String, String>) {
+    for value in config.values_mut() {
+        *value = REDACTED.to_string();
+    }
+}
+
+/// A config from a PATCH, with redaction markers replaced by the stored values.
+fn merge_config(
+    stored: &std::collections::BTreeMap<String, String>,
+    mut patch: std::collections::BTreeMap<String, String>,
+) -> std::collections::BTreeMap<String, String> {
+    for (key, value) in patch.iter_mut() {
+        if value == REDACTED {
+            if let Some(kept) = stored.get(key) {
+                value.clone_from(kept);
+            }
+        }
+    }
+    patch
+}
+
 impl RobotView {
-    async fn of(app: &AppState, robot: Robot, reveal: bool) -> Result<RobotView, ApiError> {
+    async fn of(app: &AppState, mut robot: Robot, reveal: bool) -> Result<RobotView, ApiError> {
+        if !reveal {
+            redact(&mut robot.spec.config);
+        }
         Ok(RobotView {
             webhook_url: webhook_url(app, &robot),
             access_token: reveal.then(|| robot.access_token.clone()),
@@ -365,6 +396,7 @@ pub(crate) async fn update_robot(
             .await?;
         robot.conversation_id = conversation;
     }
+    let config = patch.config.map(|c| merge_config(&robot.spec.config, c));
     let spec = &mut robot.spec;
     macro_rules! take {
         ($($field:ident),*) => {$( if let Some(v) = patch.$field { spec.$field = v; } )*};
@@ -377,9 +409,11 @@ pub(crate) async fn update_robot(
         throttle_seconds,
         grouping,
         burst_seconds,
-        alerting,
-        config
+        alerting
     );
+    if let Some(config) = config {
+        spec.config = config;
+    }
     if let Some(digest) = patch.digest {
         // An interval of 0 turns digest mode off.
         spec.digest = Some(digest).filter(|d| d.interval_seconds > 0);

@@ -1,5 +1,6 @@
 //! `herald plugin check|run`: the author's loop without a server. The same runtime, limits and
-//! world checks as the server, with nothing cached on disk.
+//! world checks as the server; nothing is cached on disk unless the config file names a
+//! `plugins.cache_dir` (an interpreted guest takes seconds to compile, C milliseconds).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,14 +12,20 @@ use crate::config::PluginsConfig;
 
 /// Validates a component file; its world, sha256 and size as JSON.
 pub fn check(settings: &PluginsConfig, file: &Path) -> anyhow::Result<serde_json::Value> {
-    let runtime = Runtime::new(settings, None)?;
+    let runtime = Runtime::new(settings, cache_dir(settings))?;
     let wasm = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let compiled = runtime.compile(&wasm)?;
     Ok(serde_json::json!({
         "world": compiled.world,
         "sha256": compiled.sha256,
         "size": compiled.size,
+        "wasi": compiled.wasi,
     }))
+}
+
+/// The compiled-component cache, only when the config sets one explicitly.
+fn cache_dir(settings: &PluginsConfig) -> Option<std::path::PathBuf> {
+    (!settings.cache_dir.as_os_str().is_empty()).then(|| settings.cache_dir.clone())
 }
 
 /// What `plugin run` was given.
@@ -33,7 +40,7 @@ pub struct RunArgs<'a> {
 /// Runs a component on a fixture, as `POST /hooks/plugin/{token}` would (an adapter), or as
 /// the delivery of one conversation event would (a bot: the fixture is the callback body).
 pub fn run(settings: &PluginsConfig, args: &RunArgs<'_>) -> anyhow::Result<serde_json::Value> {
-    let runtime = Runtime::new(settings, None)?;
+    let runtime = Runtime::new(settings, cache_dir(settings))?;
     let wasm =
         std::fs::read(args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let compiled = runtime.compile(&wasm)?;
@@ -49,7 +56,8 @@ pub fn run(settings: &PluginsConfig, args: &RunArgs<'_>) -> anyhow::Result<serde
         headers: headers(args.headers)?,
         body: body.into(),
     };
-    let state = HostState::new(args.file.display().to_string(), config(args.config)?);
+    let mut state = HostState::new(args.file.display().to_string(), config(args.config)?);
+    state.guest_stderr = true;
     Ok(serde_json::to_value(
         runtime.call(&compiled, state, &request)?,
     )?)
@@ -65,7 +73,8 @@ fn run_bot(
     let payload = std::str::from_utf8(body)
         .with_context(|| format!("{}: the event must be UTF-8 JSON", args.request.display()))?;
     bot_v0_1::event(payload).map_err(|e| anyhow::anyhow!("{}: {e}", args.request.display()))?;
-    let state = HostState::new(args.file.display().to_string(), config(args.config)?);
+    let mut state = HostState::new(args.file.display().to_string(), config(args.config)?);
+    state.guest_stderr = true;
     let messages = bot_v0_1::call(runtime, compiled, state, payload)?;
     Ok(serde_json::json!({ "messages": messages }))
 }

@@ -88,7 +88,12 @@ fn every_example_plugin_keeps_the_adapter_contract() {
     let config = Config::defaults();
     let runtime = Runtime::new(&config.plugins, None).expect("runtime");
     let examples = examples();
-    assert!(examples.contains(&"sentry".to_string()), "{examples:?}");
+    for language_example in ["sentry", "jenkins"] {
+        assert!(
+            examples.contains(&language_example.to_string()),
+            "{examples:?}"
+        );
+    }
     for name in examples {
         let wasm = std::fs::read(built_plugin(&name)).expect("wasm");
         let compiled = runtime.compile(&wasm).expect("a valid plugin");

@@ -16,7 +16,9 @@ pub mod cli;
 #[cfg(test)]
 mod contract;
 mod runtime;
+pub mod stats;
 pub mod v0_1;
+mod wasi;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -108,7 +110,7 @@ pub enum PluginError {
     Internal(#[from] anyhow::Error),
 }
 
-/// What a plugin's calls have come to since this process started.
+/// What a plugin's calls have come to (stored across restarts by `stats`).
 #[derive(Debug, Clone, Copy, Default, Serialize, ToSchema, PartialEq, Eq)]
 pub struct PluginStats {
     pub calls: u64,
@@ -143,6 +145,11 @@ pub struct HostState {
     pub(crate) config: BTreeMap<String, String>,
     pub(crate) limits: runtime::Limits,
     pub(crate) log_lines: u32,
+    /// WASI's empty context, made on a WASI plugin's first WASI call (see `wasi`).
+    pub(crate) wasi: Option<Box<wasi::WasiState>>,
+    /// The guest's stderr goes to this process's stderr instead of nowhere: only for
+    /// `herald plugin run`, where an author wants an interpreter's traceback.
+    pub(crate) guest_stderr: bool,
 }
 
 impl HostState {
@@ -152,6 +159,8 @@ impl HostState {
             config,
             limits: runtime::Limits::default(),
             log_lines: 0,
+            wasi: None,
+            guest_stderr: false,
         }
     }
 }
@@ -253,6 +262,7 @@ impl Plugins {
         Ok(compiled)
     }
 
+    /// The plugin's counts not flushed to the store yet.
     pub fn stats(&self, id: PluginId) -> PluginStats {
         lock(&self.stats).get(&id).copied().unwrap_or_default()
     }

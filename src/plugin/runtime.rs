@@ -16,8 +16,10 @@ use wasmtime::{
     Trap,
 };
 
+mod warm;
+
 use super::cache::{hex, DiskCache};
-use super::{bot_v0_1, v0_1, HostState, PluginError, PluginOutput, PluginRequest};
+use super::{bot_v0_1, v0_1, wasi, HostState, PluginError, PluginOutput, PluginRequest};
 use crate::config::PluginsConfig;
 
 /// How often the ticker advances the epoch: the deadline's resolution.
@@ -32,6 +34,10 @@ pub struct Compiled {
     pub world: &'static str,
     pub sha256: String,
     pub size: usize,
+    /// The component imports WASI (an interpreter's toolchain): linked with an empty context,
+    /// and called in warm instances.
+    pub wasi: bool,
+    warm: warm::WarmPool,
 }
 
 /// The world a component implements, pre-instantiated: what it can be called as.
@@ -70,12 +76,16 @@ impl Guest {
 
 pub struct Runtime {
     engine: Engine,
+    /// Herald's world only: what a component that imports nothing else is linked with.
     linker: Linker<HostState>,
+    /// Herald's world plus WASI with an empty context, for components that import WASI.
+    wasi_linker: Linker<HostState>,
     cache: DiskCache,
     deadline_ticks: u64,
     pub deadline_ms: u64,
     pub memory_bytes: usize,
     ticker_stop: Arc<AtomicBool>,
+    warm_budget: Arc<warm::Budget>,
 }
 
 impl Drop for Runtime {
@@ -96,6 +106,9 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         v0_1::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("plugin linker: {e}"))?;
         bot_v0_1::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("plugin linker: {e}"))?;
+        let mut wasi_linker = linker.clone();
+        wasi::add_to_linker(&mut wasi_linker)
+            .map_err(|e| anyhow::anyhow!("plugin WASI linker: {e}"))?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_ticker(engine.clone(), ticker_stop.clone())?;
         Ok(Runtime {
@@ -105,7 +118,9 @@ impl Runtime {
             memory_bytes,
             engine,
             linker,
+            wasi_linker,
             ticker_stop,
+            warm_budget: warm::Budget::new(settings.max_concurrent_calls),
         })
     }
 
@@ -133,8 +148,13 @@ impl Runtime {
             .cache
             .component(&self.engine, wasm, &sha256)
             .map_err(|e| PluginError::Invalid(format!("not a valid component: {e}")))?;
-        let instance_pre = self
-            .linker
+        let wasi = wasi::imports_wasi(&self.engine, &component);
+        let linker = if wasi {
+            &self.wasi_linker
+        } else {
+            &self.linker
+        };
+        let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(|e| PluginError::Invalid(self.import_problem(&component, e)))?;
         let guest = Guest::of(instance_pre).map_err(PluginError::Invalid)?;
@@ -143,6 +163,8 @@ impl Runtime {
             guest,
             sha256,
             size: wasm.len(),
+            wasi,
+            warm: warm::WarmPool::new(self.warm_budget.clone()),
         };
         self.instantiate(&compiled).map_err(|e| match e {
             PluginError::Memory(_) | PluginError::Trap(_) | PluginError::Deadline(_) => {
@@ -171,20 +193,26 @@ impl Runtime {
         let foreign: Vec<String> = ty
             .imports(&self.engine)
             .map(|(name, _)| name.to_string())
-            .filter(|name| !name.starts_with("herald:adapter/") && !name.starts_with("herald:bot/"))
+            .filter(|name| {
+                !name.starts_with("herald:adapter/")
+                    && !name.starts_with("herald:bot/")
+                    && !wasi::is_provided(name)
+            })
             .collect();
         if foreign.is_empty() {
             format!("the component's imports do not match {}: {e}", v0_1::WORLD)
         } else {
             format!(
                 "the component imports {}, which herald does not provide: plugins get only \
-                 herald:adapter/host@0.1.0 or herald:bot/host@0.1.0 (no WASI, files or network)",
+                 herald:adapter/host@0.1.0 or herald:bot/host@0.1.0 and, when their toolchain \
+                 needs it, WASI 0.2 with an empty context (no files, environment or network)",
                 foreign.join(", ")
             )
         }
     }
 
-    /// Runs `handle` in a fresh instance, within the deadline and the memory cap.
+    /// Runs `handle` in a fresh instance (a warm one for an interpreted guest, see `warm`),
+    /// within the deadline and the memory cap.
     pub fn call(
         &self,
         compiled: &Compiled,
@@ -194,6 +222,9 @@ impl Runtime {
         let Guest::Adapter(pre) = &compiled.guest else {
             return Err(wrong_world(compiled, v0_1::WORLD));
         };
+        if compiled.wasi {
+            return self.call_warm(compiled, pre, state, request);
+        }
         let mut store = self.store(state);
         let request = request.into();
         let result = pre
@@ -242,8 +273,9 @@ pub(super) fn wrong_world(compiled: &Compiled, wanted: &str) -> PluginError {
 fn engine_config(settings: &PluginsConfig, memory_bytes: usize) -> Config {
     let instances = settings.max_concurrent_calls.max(1);
     let mut pool = PoolingAllocationConfig::default();
+    // An interpreted guest (componentize-py) is ~14 core instances; a C guest 2–3.
     pool.total_component_instances(instances)
-        .total_core_instances(instances * 8)
+        .total_core_instances(instances * 16)
         .total_memories(instances * 2)
         .total_tables(instances * 4)
         .max_memory_size(memory_bytes)

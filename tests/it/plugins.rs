@@ -159,10 +159,11 @@ async fn upload_validates_and_lists(backend: Backend) {
             "does not implement",
         ),
         (
-            "wasi",
-            wasm::wasi_plugin(),
+            // WASI 0.2 is linked (empty) for interpreters' toolchains; anything else is not.
+            "wasi-0.3",
+            wasm::wasi_plugin("0.3.0"),
             StatusCode::BAD_REQUEST,
-            "wasi:cli/environment@0.2.0",
+            "wasi:cli/environment@0.3.0",
         ),
     ];
     for (name, bytes, want, says) in cases {

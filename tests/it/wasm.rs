@@ -121,17 +121,33 @@ pub fn trapping_plugin() -> Vec<u8> {
     component(&module("", "", "unreachable"))
 }
 
-/// Imports a WASI function besides the host interface: must be refused at upload.
-pub fn wasi_plugin() -> Vec<u8> {
-    let wasi = "package wasi:cli@0.2.0;\ninterface environment {\n  get-arguments: func() -> list<string>;\n}\n";
-    let world = "package test:hostile;\nworld hostile {\n  include herald:adapter/adapter@0.1.0;\n  import wasi:cli/environment@0.2.0;\n}\n";
-    let imports =
-        r#"(import "wasi:cli/environment@0.2.0" "get-arguments" (func $args (param i32)))"#;
-    let body = format!("(call $args (i32.const 3072)) (i32.const {RET})");
-    let core = module(imports, &one_text_message("test.wasi", "hi"), &body);
+/// Imports `wasi:cli/environment@{version}` besides the host interface and calls
+/// `get-arguments`: posts a message when the list is empty, traps otherwise. WASI 0.2 is linked
+/// (with an empty context), so a 0.2 version is accepted and posts; 0.3 is refused at upload.
+pub fn wasi_plugin(version: &str) -> Vec<u8> {
+    let wasi = format!(
+        "package wasi:cli@{version};\ninterface environment {{\n  get-arguments: func() -> list<string>;\n}}\n"
+    );
+    let world = format!(
+        "package test:hostile;\nworld hostile {{\n  include herald:adapter/adapter@0.1.0;\n  import wasi:cli/environment@{version};\n}}\n"
+    );
+    let imports = format!(
+        r#"(import "wasi:cli/environment@{version}" "get-arguments" (func $args (param i32)))"#
+    );
+    // The list comes back as (pointer, length) at 3072: any argument at all traps.
+    let body = format!(
+        "(call $args (i32.const 3072)) \
+         (if (i32.ne (i32.load (i32.const 3076)) (i32.const 0)) (then unreachable)) \
+         (i32.const {RET})"
+    );
+    let core = module(
+        &imports,
+        &one_text_message("test.wasi", "no arguments"),
+        &body,
+    );
     build(
         &core,
-        &[("wasi.wit", wasi), ("hostile.wit", world)],
+        &[("wasi.wit", &wasi), ("hostile.wit", &world)],
         "test:hostile/hostile",
     )
 }
