@@ -165,10 +165,6 @@ pub async fn run(
         app.clone(),
         shutdown.clone(),
     )));
-    workers.push(tokio::spawn(plugin::stats::flush_loop(
-        app.clone(),
-        shutdown.clone(),
-    )));
     workers.push(tokio::spawn(ingress::burst::flush_loop(
         app.clone(),
         shutdown.clone(),

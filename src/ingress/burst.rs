@@ -149,14 +149,8 @@ async fn update_card(
     let Some(card) = app.store.robot_card(robot.id, key).await? else {
         return Ok(());
     };
-    match app.store.update_message(robot.org_id, card, content).await {
-        Ok(()) => {
-            app.lanes.poke(robot.conversation_id);
-            Ok(())
-        }
-        Err(StoreError::NotFound(_)) => Ok(()),
-        Err(e) => Err(e),
-    }
+    super::post::update_card(app, robot, card, content).await?;
+    Ok(())
 }
 
 /// Everyone any event of the burst mentioned.

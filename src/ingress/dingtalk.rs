@@ -10,7 +10,7 @@ use axum::Json;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::post::{post, Outgoing, PostError};
+use super::post::{post, update_card, Outgoing, PostError};
 use super::{parse_query, RawWebhook};
 use crate::ids::MessageId;
 use crate::model::{At, Content, Message};
@@ -215,23 +215,6 @@ async fn live_card(
     match app.store.get_message(robot.org_id, card).await {
         Ok(message) => Ok((!message.recalled).then_some(message)),
         Err(StoreError::NotFound(_)) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Rewrites the card in place; false when it vanished meanwhile.
-async fn update_card(
-    app: &AppState,
-    robot: &crate::robot::Robot,
-    card: MessageId,
-    content: &Content,
-) -> Result<bool, PostError> {
-    match app.store.update_message(robot.org_id, card, content).await {
-        Ok(()) => {
-            app.lanes.poke(robot.conversation_id);
-            Ok(true)
-        }
-        Err(StoreError::NotFound(_)) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::post::{post, Outgoing, PostError};
+use super::post::{post, update_card, Outgoing, PostError};
 use super::{parse_query, RawWebhook, Verified};
 use crate::adapt::{self, AdaptError, Normalized};
 use crate::error::{ApiError, Path, RawBody};
@@ -303,24 +303,6 @@ async fn card_shows(
 ) -> Result<bool, ApiError> {
     match app.store.get_message(robot.org_id, card).await {
         Ok(message) => Ok(!message.recalled && &message.content == content),
-        Err(StoreError::NotFound(_)) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Updates the card in place; false when it is gone (recalled or deleted). The card's row is
-/// written when its post is queued, so a card still waiting for its fanout is found too.
-async fn update_card(
-    app: &AppState,
-    robot: &Robot,
-    card: crate::ids::MessageId,
-    content: &Content,
-) -> Result<bool, ApiError> {
-    match app.store.update_message(robot.org_id, card, content).await {
-        Ok(()) => {
-            app.lanes.poke(robot.conversation_id);
-            Ok(true)
-        }
         Err(StoreError::NotFound(_)) => Ok(false),
         Err(e) => Err(e.into()),
     }

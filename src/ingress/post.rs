@@ -78,6 +78,24 @@ pub async fn post(
     Ok(enqueued)
 }
 
+/// Updates a robot's card in place; false when it is gone (recalled or deleted). The card's
+/// row is written when its post is queued, so a card still waiting for its fanout is found too.
+pub async fn update_card(
+    app: &AppState,
+    robot: &Robot,
+    card: MessageId,
+    content: &Content,
+) -> Result<bool, StoreError> {
+    match app.store.update_message(robot.org_id, card, content).await {
+        Ok(()) => {
+            app.lanes.poke(robot.conversation_id);
+            Ok(true)
+        }
+        Err(StoreError::NotFound(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// A sender's delivery id, scoped to the robot (two robots may see the same id).
 pub fn dedupe_key(robot: &Robot, key: &str) -> String {
     format!("robot:{}:{key}", robot.id)

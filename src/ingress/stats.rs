@@ -119,15 +119,20 @@ pub async fn flush(app: &AppState) {
     }
 }
 
-/// Flushes every second until shutdown, then once more.
+/// Flushes robot and plugin counts every second until shutdown, then once more.
 pub async fn flush_loop(app: AppState, shutdown: CancellationToken) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(FLUSH_EVERY) => flush(&app).await,
+            _ = tokio::time::sleep(FLUSH_EVERY) => flush_all(&app).await,
             _ = shutdown.cancelled() => break,
         }
     }
-    flush(&app).await;
+    flush_all(&app).await;
+}
+
+async fn flush_all(app: &AppState) {
+    flush(app).await;
+    crate::plugin::stats::flush(app).await;
 }
 
 #[cfg(test)]

@@ -1,19 +1,12 @@
 //! Per-plugin call counters that survive a restart. A call only bumps an in-memory delta
-//! (`Plugins::run`); `flush_loop` adds the deltas to the store every second and once more at
-//! shutdown, so counting never costs a webhook a database write. `GET /api/v1/plugins/{id}`
+//! (`Plugins::run`); `ingress::stats::flush_loop` adds the deltas to the store every second and
+//! once more at shutdown, so counting never costs a webhook a database write. `GET /api/v1/plugins/{id}`
 //! shows the stored counters plus the delta not flushed yet; a kill -9 loses at most the last
 //! second's counts.
-
-use std::time::Duration;
-
-use tokio_util::sync::CancellationToken;
 
 use super::{lock, PluginStats, Plugins};
 use crate::ids::PluginId;
 use crate::AppState;
-
-/// How often counts reach the store.
-const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 impl PluginStats {
     /// Adds another count to this one (stored + pending).
@@ -59,17 +52,6 @@ pub async fn flush(app: &AppState) {
         tracing::warn!(error = %e, "saving plugin stats failed; retrying");
         app.plugins.restore_stats(deltas);
     }
-}
-
-/// Flushes every second until shutdown, then once more.
-pub async fn flush_loop(app: AppState, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(FLUSH_EVERY) => flush(&app).await,
-            _ = shutdown.cancelled() => break,
-        }
-    }
-    flush(&app).await;
 }
 
 #[cfg(test)]

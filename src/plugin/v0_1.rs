@@ -144,33 +144,4 @@ fn message(m: types::Message) -> Result<PluginMessage, String> {
     })
 }
 
-fn content(c: types::Content) -> Content {
-    match c {
-        types::Content::Text(content) => Content::Text(model::Text { content }),
-        types::Content::Markdown(m) => Content::Markdown(model::Markdown {
-            title: m.title,
-            text: m.text,
-        }),
-        types::Content::Link(l) => Content::Link(model::Link {
-            title: l.title,
-            text: l.text,
-            message_url: l.url,
-            pic_url: l.pic_url,
-        }),
-        types::Content::ActionCard(a) => Content::ActionCard(model::ActionCard {
-            title: a.title,
-            text: a.text,
-            single_title: None,
-            single_url: None,
-            btns: a
-                .buttons
-                .into_iter()
-                .map(|b| model::ActionButton {
-                    title: b.title,
-                    action_url: b.url,
-                })
-                .collect(),
-            btn_orientation: Some(if a.vertical { "0" } else { "1" }.to_string()),
-        }),
-    }
-}
+content_from_wit!();
