@@ -769,6 +769,10 @@ struct HostsEntry {
     name: String,
 }
 
+/// One test at a time edits /etc/hosts: the file is rewritten in place (it may be a bind
+/// mount, so no rename), and a lookup that lands mid-rewrite finds no entry at all.
+static HOSTS_FILE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 impl HostsEntry {
     const FILE: &'static str = "/etc/hosts";
 
@@ -811,6 +815,7 @@ impl Drop for HostsEntry {
 /// registered, then to loopback (not allowlisted) when herald delivers. The delivery is
 /// refused after resolution, recorded with the reason, and nothing reaches the receiver.
 async fn dns_rebinding_is_refused_at_delivery(backend: Backend) {
+    let _hosts_file = HOSTS_FILE.lock().await;
     let retries = "[outgoing]\ntimeout_ms = 1000\nretry_schedule_seconds = [0.2, 0.2]\n";
     let server = Server::start(backend, retries).await;
     let admin = server.admin_token();
