@@ -277,6 +277,7 @@ pub(crate) async fn list_plugins(
     Query(page): Query<PageParams>,
 ) -> Result<Json<PluginList>, ApiError> {
     let limit = page.limit()?;
+    let _steady = app.plugins.counts_steady().await;
     let rows = app
         .store
         .list_plugins(caller.org(), page.after::<PluginId>()?, limit + 1)
@@ -298,6 +299,7 @@ pub(crate) async fn get_plugin(
     Admin(caller): Admin,
     Path(id): Path<PluginId>,
 ) -> Result<Json<PluginView>, ApiError> {
+    let _steady = app.plugins.counts_steady().await;
     let record = app.store.get_plugin(caller.org(), id).await?;
     Ok(Json(PluginView::of(&app, record)))
 }

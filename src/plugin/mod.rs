@@ -209,6 +209,9 @@ pub struct Plugins {
     runtime: OnceLock<Result<Arc<Runtime>, String>>,
     loaded: Mutex<HashMap<PluginId, Arc<Compiled>>>,
     stats: Mutex<HashMap<PluginId, PluginStats>>,
+    /// Held for writing while a flush moves counts from memory to the store, and for reading
+    /// while an answer adds the two up, so no answer sees a count in neither place (or both).
+    flushing: tokio::sync::RwLock<()>,
     slots: Arc<tokio::sync::Semaphore>,
 }
 
@@ -221,6 +224,7 @@ impl Plugins {
             runtime: OnceLock::new(),
             loaded: Mutex::default(),
             stats: Mutex::default(),
+            flushing: tokio::sync::RwLock::new(()),
             slots: Arc::new(tokio::sync::Semaphore::new(slots)),
         }
     }
@@ -297,6 +301,11 @@ impl Plugins {
         let compiled = self.check(wasm.into()).await?;
         self.remember(id, compiled.clone());
         Ok(compiled)
+    }
+
+    /// Hold while reading stored counts and adding `stats` to them: keeps a flush out.
+    pub async fn counts_steady(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.flushing.read().await
     }
 
     /// The plugin's counts not flushed to the store yet.

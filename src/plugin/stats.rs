@@ -44,6 +44,7 @@ impl Plugins {
 
 /// Writes the pending counts to the store.
 pub async fn flush(app: &AppState) {
+    let _moving = app.plugins.flushing.write().await;
     let deltas = app.plugins.take_stats();
     if deltas.is_empty() {
         return;

@@ -368,6 +368,16 @@ impl Server {
         }
     }
 
+    /// Every message robots posted that this member can see, oldest first.
+    pub async fn robot_messages(&self, token: &str) -> Vec<Value> {
+        self.sync_all(token, 0)
+            .await
+            .into_iter()
+            .filter(|e| e["type"] == "message.created" && e["message"]["sender"]["kind"] == "robot")
+            .map(|e| e["message"].clone())
+            .collect()
+    }
+
     /// Waits until the fanout queue is empty (every accepted task written).
     pub async fn drain(&self, db: &AnyPool) {
         let deadline = Instant::now() + Duration::from_secs(120);

@@ -102,12 +102,10 @@ pub async fn posted_texts(server: &Server, member: &str) -> Vec<String> {
     let db = server.db().await;
     server.drain(&db).await;
     server
-        .sync_all(member, 0)
+        .robot_messages(member)
         .await
         .iter()
-        .filter(|e| e["type"] == "message.created" && e["message"]["sender"]["kind"] == "robot")
-        .map(|e| {
-            let m = &e["message"];
+        .map(|m| {
             m["text"]["content"]
                 .as_str()
                 .or(m["markdown"]["title"].as_str())

@@ -139,12 +139,7 @@ async fn jenkins_plugin_end_to_end(backend: Backend) {
         server.drain(&db).await;
     }
 
-    let events = server.sync_all(&member, 0).await;
-    let created: Vec<&Value> = events
-        .iter()
-        .filter(|e| e["type"] == "message.created" && e["message"]["sender"]["kind"] == "robot")
-        .map(|e| &e["message"])
-        .collect();
+    let created = server.robot_messages(&member).await;
     let titles: Vec<&str> = created
         .iter()
         .map(|m| m["markdown"]["title"].as_str().unwrap_or_default())
@@ -345,11 +340,11 @@ async fn wasi_plugins_get_an_empty_context() {
 
     let db = server.db().await;
     server.drain(&db).await;
-    let events = server.sync_all(&member, 0).await;
-    let reports: Vec<Value> = events
+    let reports: Vec<Value> = server
+        .robot_messages(&member)
+        .await
         .iter()
-        .filter(|e| e["type"] == "message.created" && e["message"]["sender"]["kind"] == "robot")
-        .filter_map(|e| e["message"]["text"]["content"].as_str())
+        .filter_map(|m| m["text"]["content"].as_str())
         .map(|text| serde_json::from_str(text).expect("report JSON"))
         .collect();
     let seen: Vec<(Value, Value)> = reports
