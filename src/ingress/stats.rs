@@ -47,6 +47,9 @@ impl RobotStats {
 #[derive(Default)]
 pub struct Counters {
     pending: Mutex<HashMap<(RobotId, String), EventCount>>,
+    /// Held for writing while a flush moves counts to the store, and for reading while `of`
+    /// adds stored and pending up, so no answer sees a count in neither place (or both).
+    flushing: tokio::sync::RwLock<()>,
 }
 
 impl Counters {
@@ -93,6 +96,7 @@ impl Counters {
 
 /// A robot's counts: what the store holds plus what is not flushed yet.
 pub async fn of(app: &AppState, robot: RobotId) -> Result<RobotStats> {
+    let _steady = app.robot_stats.flushing.read().await;
     let mut stats = RobotStats::default();
     for (event, posted, skipped) in app.store.robot_stats(robot).await? {
         let count = EventCount {
@@ -109,6 +113,7 @@ pub async fn of(app: &AppState, robot: RobotId) -> Result<RobotStats> {
 
 /// Writes the pending counts to the store.
 pub async fn flush(app: &AppState) {
+    let _moving = app.robot_stats.flushing.write().await;
     let deltas = app.robot_stats.take();
     if deltas.is_empty() {
         return;
