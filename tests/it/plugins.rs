@@ -97,6 +97,45 @@ pub async fn hook(server: &Server, robot: &Value, body: &str) -> (StatusCode, Va
     )
 }
 
+/// An example plugin's fixture `plugins/<plugin>/fixtures/<case>.json` with its recorded
+/// headers (`<case>.headers.json`).
+pub fn fixture(plugin: &str, case: &str) -> (Vec<u8>, Vec<(String, String)>) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("plugins")
+        .join(plugin)
+        .join("fixtures");
+    let body = std::fs::read(dir.join(format!("{case}.json"))).expect("fixture");
+    let headers: serde_json::Map<String, Value> = serde_json::from_slice(
+        &std::fs::read(dir.join(format!("{case}.headers.json"))).expect("headers"),
+    )
+    .expect("headers JSON");
+    let headers = headers
+        .into_iter()
+        .map(|(k, v)| (k, v.as_str().expect("string header").to_string()))
+        .collect();
+    (body, headers)
+}
+
+/// POSTs raw bytes with the given headers; the answer's status and JSON (or its text).
+pub async fn post_raw(
+    server: &Server,
+    url: &str,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
+    let mut req = server.http.post(url);
+    for (name, value) in headers {
+        req = req.header(name, value);
+    }
+    let resp = req.body(body).send().await.expect("webhook");
+    let status = resp.status();
+    let text = resp.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
 /// The texts robots posted in the member's view, oldest first.
 pub async fn posted_texts(server: &Server, member: &str) -> Vec<String> {
     let db = server.db().await;

@@ -2,9 +2,8 @@
 //! its real fixtures posted over HTTP with a signature made at test time, and the
 //! `herald plugin` CLI run against the same fixtures.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 
 use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
@@ -20,36 +19,8 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `target/plugins/sentry.wasm`, built once by `scripts/build-plugins` if missing.
-fn sentry_wasm() -> PathBuf {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    let path = root().join("target/plugins/sentry.wasm");
-    if !path.exists() {
-        BUILT.get_or_init(|| {
-            let ok = Command::new("bash")
-                .arg(root().join("scripts/build-plugins"))
-                .status()
-                .expect("run scripts/build-plugins")
-                .success();
-            assert!(ok, "scripts/build-plugins failed");
-        });
-    }
-    assert!(path.exists(), "{} was not built", path.display());
-    path
-}
-
 fn fixture(case: &str) -> (Vec<u8>, Vec<(String, String)>) {
-    let dir = root().join("plugins/sentry/fixtures");
-    let body = std::fs::read(dir.join(format!("{case}.json"))).expect("fixture");
-    let headers: serde_json::Map<String, Value> = serde_json::from_slice(
-        &std::fs::read(dir.join(format!("{case}.headers.json"))).expect("headers"),
-    )
-    .expect("headers JSON");
-    let headers = headers
-        .into_iter()
-        .map(|(k, v)| (k, v.as_str().expect("string header").to_string()))
-        .collect();
-    (body, headers)
+    crate::plugins::fixture("sentry", case)
 }
 
 fn sign(secret: &str, body: &[u8]) -> String {
@@ -68,23 +39,12 @@ async fn deliver(
     case: &str,
     secret: Option<&str>,
 ) -> (StatusCode, Value) {
-    let (body, headers) = fixture(case);
-    let mut req = server
-        .http
-        .post(robot["webhook_url"].as_str().expect("url"));
-    for (name, value) in headers {
-        req = req.header(name, value);
-    }
+    let (body, mut headers) = fixture(case);
     if let Some(secret) = secret {
-        req = req.header("sentry-hook-signature", sign(secret, &body));
+        headers.push(("sentry-hook-signature".into(), sign(secret, &body)));
     }
-    let resp = req.body(body).send().await.expect("webhook");
-    let status = resp.status();
-    let text = resp.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    let url = robot["webhook_url"].as_str().expect("url");
+    crate::plugins::post_raw(server, url, headers, body).await
 }
 
 async fn sentry_plugin_end_to_end(backend: Backend) {
@@ -93,7 +53,7 @@ async fn sentry_plugin_end_to_end(backend: Backend) {
     let users = server.create_users(&admin, "u", 1).await;
     let member = server.token_for(&admin, &users[0]).await;
     let group = server.create_group(&admin, "oncall", &users).await;
-    let wasm = std::fs::read(sentry_wasm()).expect("wasm");
+    let wasm = std::fs::read(crate::plugins_py::built("sentry")).expect("wasm");
     let plugin = register(&server, &admin, "sentry", "1.0.0", wasm).await;
     // The plugin's mention hints (Sentry assignees' e-mails) map to members like forge logins.
     let entry = json!({"source": "plugin", "external": "mei.lin@example.com", "user_id": users[0]});
@@ -198,7 +158,7 @@ fn herald(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn cli_checks_and_runs_a_plugin() {
-    let wasm = sentry_wasm();
+    let wasm = crate::plugins_py::built("sentry");
     let wasm = wasm.to_str().expect("utf8 path");
     let out = herald(&["plugin", "check", wasm]);
     assert!(

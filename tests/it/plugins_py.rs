@@ -48,17 +48,7 @@ pub fn shared_cache_config() -> String {
 }
 
 fn fixture(case: &str) -> (Vec<u8>, Vec<(String, String)>) {
-    let dir = root().join("plugins/jenkins/fixtures");
-    let body = std::fs::read(dir.join(format!("{case}.json"))).expect("fixture");
-    let headers: serde_json::Map<String, Value> = serde_json::from_slice(
-        &std::fs::read(dir.join(format!("{case}.headers.json"))).expect("headers"),
-    )
-    .expect("headers JSON");
-    let headers = headers
-        .into_iter()
-        .map(|(k, v)| (k, v.as_str().expect("string header").to_string()))
-        .collect();
-    (body, headers)
+    crate::plugins::fixture("jenkins", case)
 }
 
 /// Posts a fixture as Jenkins would, with `?token=` appended when given.
@@ -73,17 +63,7 @@ async fn deliver(
         url.push_str(&format!("?token={token}"));
     }
     let (body, headers) = fixture(case);
-    let mut req = server.http.post(url);
-    for (name, value) in headers {
-        req = req.header(name, value);
-    }
-    let resp = req.body(body).send().await.expect("webhook");
-    let status = resp.status();
-    let text = resp.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    crate::plugins::post_raw(server, &url, headers, body).await
 }
 
 async fn jenkins_plugin_end_to_end(backend: Backend) {
