@@ -29,7 +29,7 @@ pub async fn fan_out(app: &AppState, queued: &QueuedTask) -> Result<(), StoreErr
         let job = job(0);
         let outcome = app.store.fan_out_chunk(&job).await?;
         waker.wake(&plan, &job, &outcome);
-        app.outgoing.wake.notify_one();
+        wake_outgoing_if(app, outcome.bot_events);
         return Ok(());
     }
     let parallel = app.config.fanout.parallel_chunks as usize;
@@ -40,13 +40,13 @@ pub async fn fan_out(app: &AppState, queued: &QueuedTask) -> Result<(), StoreErr
             async move {
                 let outcome = app.store.fan_out_chunk(&job).await?;
                 waker.wake(plan, &job, &outcome);
-                Ok::<_, StoreError>(())
+                Ok::<_, StoreError>(outcome.bot_events)
             }
         })
         .buffer_unordered(parallel)
-        .try_collect::<()>()
-        .await?;
-    app.outgoing.wake.notify_one();
+        .try_fold(false, |any, queued| async move { Ok(any || queued) })
+        .await
+        .map(|queued| wake_outgoing_if(app, queued))?;
     app.store.complete_task(queued.id).await
 }
 
@@ -62,9 +62,6 @@ pub fn batchable(app: &AppState, queued: &QueuedTask) -> bool {
 /// set of statements, for a burst of webhooks instead of one each. All or nothing; on error
 /// the caller runs them one by one.
 pub async fn fan_out_batch(app: &AppState, batch: &[&QueuedTask]) -> Result<(), StoreError> {
-    if let [single] = batch {
-        return fan_out(app, single).await;
-    }
     let waker = Waker::new(app);
     let plans: Vec<Plan> = batch.iter().map(|queued| Plan::of(&queued.task)).collect();
     let jobs: Vec<ChunkJob> = batch
@@ -77,8 +74,16 @@ pub async fn fan_out_batch(app: &AppState, batch: &[&QueuedTask]) -> Result<(), 
     for ((plan, job), outcome) in plans.iter().zip(&jobs).zip(&outcomes) {
         waker.wake(plan, job, outcome);
     }
-    app.outgoing.wake.notify_one();
+    wake_outgoing_if(app, outcomes.iter().any(|o| o.bot_events));
     Ok(())
+}
+
+/// The outgoing worker looks for deliveries only when a write queued some (it also polls, for
+/// other processes' writes), so a burst of webhooks to groups without bots costs it nothing.
+fn wake_outgoing_if(app: &AppState, queued: bool) {
+    if queued {
+        app.outgoing.wake.notify_one();
+    }
 }
 
 /// Wakes live connections after a commit. Taken before the write, so a connection that

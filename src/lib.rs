@@ -75,6 +75,7 @@ pub struct Shared {
     /// What each robot's sender delivered: posted and skipped events.
     pub robot_stats: ingress::stats::Counters,
     pub known_robots: ingress::known::KnownRobots,
+    pub known_conversations: ingress::known::KnownConversations,
     /// Wakes the burst flusher when a burst starts.
     pub burst_bell: tokio::sync::Notify,
     /// Alerts: escalation and provider wake-ups, the card-button key.
@@ -117,6 +118,7 @@ impl AppState {
             alerts: alerts::Alerts::new(signing_key),
             robot_stats: ingress::stats::Counters::default(),
             known_robots: ingress::known::KnownRobots::default(),
+            known_conversations: ingress::known::KnownConversations::default(),
             burst_bell: tokio::sync::Notify::new(),
             plugins: plugin::Plugins::new(
                 config.plugins.clone(),

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::ids::{ConversationId, OrgId};
 use crate::robot::Robot;
 use crate::store::{Store, StoreError};
 
@@ -69,5 +70,43 @@ impl KnownRobots {
         state
             .entries
             .insert(token.to_string(), (robot.clone(), Instant::now()));
+    }
+}
+
+/// Conversations seen to exist. herald never deletes a conversation, so once seen, one stays
+/// true for the life of the process and a robot's post needs no read to confirm its group is
+/// there. (Whoever adds conversation deletion must forget the id here.)
+#[derive(Default)]
+pub struct KnownConversations {
+    seen: Mutex<std::collections::HashSet<ConversationId>>,
+}
+
+impl KnownConversations {
+    /// Whether the conversation exists in the org, from memory after the first yes.
+    pub async fn exists(
+        &self,
+        store: &dyn Store,
+        org: OrgId,
+        id: ConversationId,
+    ) -> Result<bool, StoreError> {
+        if self.lock().contains(&id) {
+            return Ok(true);
+        }
+        match store.get_conversation(org, id).await {
+            Ok(_) => {
+                let mut seen = self.lock();
+                if seen.len() >= MAX_ENTRIES {
+                    seen.clear();
+                }
+                seen.insert(id);
+                Ok(true)
+            }
+            Err(StoreError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<ConversationId>> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

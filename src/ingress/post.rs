@@ -133,14 +133,14 @@ pub(crate) fn check_keywords(robot: &Robot, content: &Content) -> Result<(), Pos
 }
 
 async fn conversation_exists(app: &AppState, robot: &Robot) -> Result<(), PostError> {
-    match app
-        .store
-        .get_conversation(robot.org_id, robot.conversation_id)
-        .await
+    let known = &app.known_conversations;
+    if known
+        .exists(app.store.as_ref(), robot.org_id, robot.conversation_id)
+        .await?
     {
-        Ok(_) => Ok(()),
-        Err(StoreError::NotFound(_)) => Err(PostError::ConversationGone),
-        Err(e) => Err(e.into()),
+        Ok(())
+    } else {
+        Err(PostError::ConversationGone)
     }
 }
 

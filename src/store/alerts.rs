@@ -417,6 +417,9 @@ macro_rules! alert_store_impl {
                     Self::resend_ding_tx(tx, resend).await?;
                 }
                 for message in &effects.messages {
+                    // The message row goes with its task, as for every post (the batched
+                    // fanout writes only inbox rows).
+                    Self::insert_message_tx(tx, message, now).await?;
                     let task = Task::Post { message: Box::new(message.clone()) };
                     Self::enqueue_tx(tx, &task, now).await?;
                 }

@@ -456,7 +456,9 @@ macro_rules! ding_store_impl {
                     .execute(&mut *tx)
                     .await?;
                 if !lines.is_empty() {
-                    let task = Task::Post { message: Box::new(build(&lines)) };
+                    let message = build(&lines);
+                    Self::insert_message_tx(&mut tx, &message, now).await?;
+                    let task = Task::Post { message: Box::new(message) };
                     Self::enqueue_tx(&mut tx, &task, now).await?;
                 }
                 tx.commit().await?;

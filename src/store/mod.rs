@@ -209,6 +209,8 @@ pub struct ChunkOutcome {
     /// The members written to and the pts each got (when recipients were asked for), so
     /// live connections can be handed the event without reading it back.
     pub member_pts: Vec<(UserId, i64)>,
+    /// Outgoing-bot deliveries were queued with this write: the outgoing worker must look.
+    pub bot_events: bool,
 }
 
 /// A page of a list.
@@ -448,6 +450,7 @@ pub(crate) fn batch_outcomes(
     jobs: &[ChunkJob<'_>],
     live: &std::collections::HashSet<i64>,
     written: Vec<(i64, i64, i64)>,
+    bot_events: bool,
 ) -> Vec<ChunkOutcome> {
     let mut by_ref: std::collections::HashMap<i64, Vec<(UserId, i64)>> = Default::default();
     for (user, pts, ref_id) in written {
@@ -463,6 +466,7 @@ pub(crate) fn batch_outcomes(
                 applied: true,
                 recipients: member_pts.iter().map(|(user, _)| *user).collect(),
                 member_pts,
+                bot_events,
             }
         })
         .collect()

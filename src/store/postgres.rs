@@ -32,6 +32,97 @@ pub struct PgStore {
 }
 
 impl PgStore {
+    /// Claims the message's dedupe key (if any) and queues its Post task inside `tx`;
+    /// the caller commits.
+    async fn enqueue_in(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        message: &Message,
+        now: i64,
+    ) -> Result<Enqueued> {
+        if let Some(key) = &message.dedupe_key {
+            let claimed = sqlx::query(
+                "INSERT INTO dedupe (conversation_id, dedupe_key, message_id, created_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (conversation_id, dedupe_key) DO NOTHING",
+            )
+            .bind(message.conversation_id.0)
+            .bind(key)
+            .bind(message.id.0)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            if claimed == 0 {
+                let existing: i64 = sqlx::query_scalar(
+                    "SELECT message_id FROM dedupe WHERE conversation_id = $1 AND dedupe_key = $2",
+                )
+                .bind(message.conversation_id.0)
+                .bind(key)
+                .fetch_one(&mut **tx)
+                .await?;
+                return Ok(Enqueued::Duplicate(MessageId(existing)));
+            }
+        }
+        // The message row is written with its task, not by the fanout: a card
+        // update or a recall that arrives before the fanout has run then finds the
+        // message, and its event follows the post in the same lane.
+        let record = MessageRecord::from(message);
+        Self::insert_message_tx(tx, &record, now).await?;
+        let task = Task::Post {
+            message: Box::new(record),
+        };
+        Self::enqueue_tx(tx, &task, now).await?;
+        Ok(Enqueued::New(message.id))
+    }
+
+    fn queued_task_from_row(row: &<sqlx::Postgres as sqlx::Database>::Row) -> Result<QueuedTask> {
+        let payload: &str = row.try_get("payload")?;
+        Ok(QueuedTask {
+            id: row.try_get("id")?,
+            task: serde_json::from_str(payload)
+                .map_err(|e| anyhow::anyhow!("task payload: {e}"))?,
+            attempts: row.try_get("attempts")?,
+            run_at_ms: row.try_get("run_at")?,
+            members: row.try_get::<Option<i64>, _>("members")?.unwrap_or(0),
+            planned: row.try_get::<Option<i64>, _>("planned")?.unwrap_or(0) != 0,
+        })
+    }
+
+    /// A batch's `claim_chunk_tx`: deletes the task rows and queues outgoing-bot events
+    /// for the tasks it deleted; returns their ids (the tasks this run owns) and whether
+    /// any delivery was queued.
+    async fn claim_batch_tx(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        jobs: &[ChunkJob<'_>],
+    ) -> Result<(std::collections::HashSet<i64>, bool)> {
+        let task_ids: Vec<i64> = jobs.iter().map(|j| j.task_id).collect();
+        let live: std::collections::HashSet<i64> = sqlx::query_scalar(&format!(
+            "DELETE FROM tasks WHERE id IN ({}) RETURNING id",
+            Self::ids_from("$1")
+        ))
+        .bind(serde_json::to_string(&task_ids).map_err(anyhow::Error::from)?)
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .collect();
+        let conversations: Vec<i64> = jobs.iter().map(|j| j.conversation_id.0).collect();
+        let with_bots: std::collections::HashSet<i64> = sqlx::query_scalar(&format!(
+            "SELECT DISTINCT conversation_id FROM bot_installs WHERE conversation_id IN ({})",
+            Self::ids_from("$1")
+        ))
+        .bind(serde_json::to_string(&conversations).map_err(anyhow::Error::from)?)
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .collect();
+        let mut queued = false;
+        for job in jobs {
+            if live.contains(&job.task_id) && with_bots.contains(&job.conversation_id.0) {
+                queued |= Self::enqueue_bot_events_tx(tx, job).await?;
+            }
+        }
+        Ok((live, queued))
+    }
+
     pub async fn open(config: &Config) -> anyhow::Result<PgStore> {
         let options: PgConnectOptions = config.database_url.parse()?;
         let options = options.log_statements(tracing::log::LevelFilter::Trace);
@@ -129,10 +220,10 @@ impl PgStore {
     /// record) per member.
     async fn fan_out_chunk_once(&self, job: &ChunkJob<'_>) -> Result<ChunkOutcome> {
         let mut tx = self.writer().begin().await?;
-        if !Self::claim_chunk_tx(&mut tx, job).await? {
+        let Some(bot_events) = Self::claim_chunk_tx(&mut tx, job).await? else {
             tx.rollback().await?;
             return Ok(ChunkOutcome::default());
-        }
+        };
         if let Some(message) = job.new_message {
             // Written at enqueue; this covers tasks queued by versions that wrote it here.
             Self::insert_message_tx(&mut tx, message, job.now_ms).await?;
@@ -187,6 +278,7 @@ impl PgStore {
             applied: true,
             recipients,
             member_pts,
+            bot_events,
         })
     }
 
@@ -207,7 +299,7 @@ impl PgStore {
     /// receive, and their rows take the bumped values in queue order.
     async fn fan_out_batch_once(&self, jobs: &[ChunkJob<'_>]) -> Result<Vec<ChunkOutcome>> {
         let mut tx = self.writer().begin().await?;
-        let live = Self::claim_batch_tx(&mut tx, jobs).await?;
+        let (live, bot_events) = Self::claim_batch_tx(&mut tx, jobs).await?;
         let applied: Vec<&ChunkJob<'_>> =
             jobs.iter().filter(|j| live.contains(&j.task_id)).collect();
         let rows = batch_rows_json(&applied);
@@ -255,7 +347,7 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(batch_outcomes(jobs, &live, written))
+        Ok(batch_outcomes(jobs, &live, written, bot_events))
     }
 
     /// `origin:conversation[:user,user,…]`; delivered to listeners only if the chunk commits.

@@ -10,48 +10,6 @@
 macro_rules! shared_store_impl {
     ($store:ty, $db:ty) => {
         impl $store {
-            /// Claims the message's dedupe key (if any) and queues its Post task inside `tx`;
-            /// the caller commits (one message, or a group of them on SQLite).
-            async fn enqueue_in(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                message: &Message,
-                now: i64,
-            ) -> Result<Enqueued> {
-                if let Some(key) = &message.dedupe_key {
-                    let claimed = sqlx::query(
-                        "INSERT INTO dedupe (conversation_id, dedupe_key, message_id, created_at) \
-                         VALUES ($1, $2, $3, $4) ON CONFLICT (conversation_id, dedupe_key) DO NOTHING",
-                    )
-                    .bind(message.conversation_id.0)
-                    .bind(key)
-                    .bind(message.id.0)
-                    .bind(now)
-                    .execute(&mut **tx)
-                    .await?
-                    .rows_affected();
-                    if claimed == 0 {
-                        let existing: i64 = sqlx::query_scalar(
-                            "SELECT message_id FROM dedupe WHERE conversation_id = $1 AND dedupe_key = $2",
-                        )
-                        .bind(message.conversation_id.0)
-                        .bind(key)
-                        .fetch_one(&mut **tx)
-                        .await?;
-                        return Ok(Enqueued::Duplicate(MessageId(existing)));
-                    }
-                }
-                // The message row is written with its task, not by the fanout: a card
-                // update or a recall that arrives before the fanout has run then finds the
-                // message, and its event follows the post in the same lane.
-                let record = MessageRecord::from(message);
-                Self::insert_message_tx(tx, &record, now).await?;
-                let task = Task::Post {
-                    message: Box::new(record),
-                };
-                Self::enqueue_tx(tx, &task, now).await?;
-                Ok(Enqueued::New(message.id))
-            }
-
             fn user_from_row(row: &<$db as sqlx::Database>::Row) -> Result<User> {
                 Ok(User {
                     id: UserId(row.try_get("id")?),
@@ -63,19 +21,6 @@ macro_rules! shared_store_impl {
                     role: Role::parse(row.try_get::<&str, _>("role")?),
                     active: row.try_get("active")?,
                     created_at: clock::rfc3339(row.try_get("created_at")?),
-                })
-            }
-
-            fn queued_task_from_row(row: &<$db as sqlx::Database>::Row) -> Result<QueuedTask> {
-                let payload: &str = row.try_get("payload")?;
-                Ok(QueuedTask {
-                    id: row.try_get("id")?,
-                    task: serde_json::from_str(payload)
-                        .map_err(|e| anyhow::anyhow!("task payload: {e}"))?,
-                    attempts: row.try_get("attempts")?,
-                    run_at_ms: row.try_get("run_at")?,
-                    members: row.try_get::<Option<i64>, _>("members")?.unwrap_or(0),
-                    planned: row.try_get::<Option<i64>, _>("planned")?.unwrap_or(0) != 0,
                 })
             }
 
@@ -270,10 +215,12 @@ macro_rules! shared_store_impl {
             /// Makes a fanout chunk idempotent: a single-chunk job deletes its task, a multi-chunk
             /// job marks its chunk done. False when an earlier run already did (roll back).
             /// Chunk 0 also queues the event for outgoing bots, so that happens exactly once.
+            /// `None` when an earlier run already wrote this chunk; else whether outgoing-bot
+            /// deliveries were queued with it.
             async fn claim_chunk_tx(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 job: &ChunkJob<'_>,
-            ) -> Result<bool> {
+            ) -> Result<Option<bool>> {
                 let affected = if job.finishes_task() {
                     sqlx::query("DELETE FROM tasks WHERE id = $1")
                         .bind(job.task_id)
@@ -291,49 +238,15 @@ macro_rules! shared_store_impl {
                     .await?
                     .rows_affected()
                 };
-                if affected == 1 {
-                    // Outgoing bots: queue their deliveries in this same transaction.
-                    Self::enqueue_bot_events_tx(tx, job).await?;
+                if affected != 1 {
+                    return Ok(None);
                 }
-                Ok(affected == 1)
-            }
-
-            /// A batch's `claim_chunk_tx`: deletes the task rows and queues outgoing-bot events
-            /// for the tasks it deleted; returns their ids (the tasks this run owns).
-            async fn claim_batch_tx(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                jobs: &[ChunkJob<'_>],
-            ) -> Result<std::collections::HashSet<i64>> {
-                let task_ids: Vec<i64> = jobs.iter().map(|j| j.task_id).collect();
-                let live: std::collections::HashSet<i64> = sqlx::query_scalar(&format!(
-                    "DELETE FROM tasks WHERE id IN ({}) RETURNING id",
-                    Self::ids_from("$1")
-                ))
-                .bind(serde_json::to_string(&task_ids).map_err(anyhow::Error::from)?)
-                .fetch_all(&mut **tx)
-                .await?
-                .into_iter()
-                .collect();
-                let conversations: Vec<i64> = jobs.iter().map(|j| j.conversation_id.0).collect();
-                let with_bots: std::collections::HashSet<i64> = sqlx::query_scalar(&format!(
-                    "SELECT DISTINCT conversation_id FROM bot_installs WHERE conversation_id IN ({})",
-                    Self::ids_from("$1")
-                ))
-                .bind(serde_json::to_string(&conversations).map_err(anyhow::Error::from)?)
-                .fetch_all(&mut **tx)
-                .await?
-                .into_iter()
-                .collect();
-                for job in jobs {
-                    if live.contains(&job.task_id) && with_bots.contains(&job.conversation_id.0) {
-                        Self::enqueue_bot_events_tx(tx, job).await?;
-                    }
-                }
-                Ok(live)
+                // Outgoing bots: queue their deliveries in this same transaction.
+                Ok(Some(Self::enqueue_bot_events_tx(tx, job).await?))
             }
 
             /// Inserts the message of a `Post` task unless an earlier run already did.
-            async fn insert_message_tx(
+            pub(in crate::store) async fn insert_message_tx(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 m: &MessageRecord,
                 now: i64,

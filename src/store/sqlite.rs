@@ -116,30 +116,49 @@ impl SqliteStore {
     }
 
     /// The process is the only one on this file, so claiming is a plain read: lanes split the
-    /// conversations between workers and each lane runs its tasks one by one.
+    /// conversations between workers and each lane runs its tasks one by one. The tasks come
+    /// back as one JSON row, not a row each (each row is a hand-off between threads).
     async fn claim_tasks_impl(&self, lane: u32, lanes: u32, limit: i64) -> Result<Vec<QueuedTask>> {
-        let rows = sqlx::query(
-            "SELECT id, payload, attempts, run_at, \
+        let claimed: String = sqlx::query_scalar(
+            "SELECT json_group_array(json_array(id, json(payload), attempts, run_at, members, planned)) FROM ( \
+             SELECT id, payload, attempts, run_at, \
              (SELECT member_count FROM conversations c WHERE c.id = tasks.conversation_id) AS members, \
              (SELECT COUNT(*) FROM fanout_plans p WHERE p.task_id = tasks.id) AS planned \
-             FROM tasks WHERE conversation_id % $1 = $2 ORDER BY id LIMIT $3",
+             FROM tasks WHERE conversation_id % $1 = $2 ORDER BY id LIMIT $3)",
         )
         .bind(lanes as i64)
         .bind(lane as i64)
         .bind(limit)
-        .fetch_all(self.reader())
+        .fetch_one(self.reader())
         .await?;
-        rows.iter().map(Self::queued_task_from_row).collect()
+        type Claimed = (i64, Task, i64, i64, Option<i64>, i64);
+        let rows: Vec<Claimed> =
+            serde_json::from_str(&claimed).map_err(|e| anyhow::anyhow!("claimed tasks: {e}"))?;
+        let mut tasks: Vec<QueuedTask> = rows
+            .into_iter()
+            .map(
+                |(id, task, attempts, run_at_ms, members, planned)| QueuedTask {
+                    id,
+                    task,
+                    attempts,
+                    run_at_ms,
+                    members: members.unwrap_or(0),
+                    planned: planned != 0,
+                },
+            )
+            .collect();
+        tasks.sort_by_key(|t| t.id);
+        Ok(tasks)
     }
 
     /// Set-based fanout: bump every recipient's pts, then insert their inbox rows from the
     /// bumped counters, all in one transaction (see LIMITS.md for why this shape is fastest).
     async fn fan_out_chunk_impl(&self, job: &ChunkJob<'_>) -> Result<ChunkOutcome> {
         let mut tx = self.writer().begin().await?;
-        if !Self::claim_chunk_tx(&mut tx, job).await? {
+        let Some(bot_events) = Self::claim_chunk_tx(&mut tx, job).await? else {
             tx.rollback().await?;
             return Ok(ChunkOutcome::default());
-        }
+        };
         if let Some(message) = job.new_message {
             // Written at enqueue; this covers tasks queued by versions that wrote it here.
             Self::insert_message_tx(&mut tx, message, job.now_ms).await?;
@@ -183,46 +202,61 @@ impl SqliteStore {
             applied: true,
             recipients,
             member_pts,
+            bot_events,
         })
     }
 
     /// The batched form of `fan_out_chunk_impl` for new messages to small groups: tasks whose
     /// row is already gone (an earlier run) are skipped; each member's counter is bumped once
     /// by the number of the batch's messages they receive, and their rows take the bumped
-    /// values in queue order. Four statements and one commit whatever the batch size.
+    /// values in queue order. One command does it all (which tasks are live and which of their
+    /// groups have bots, the counters, the rows, the written pts as one JSON row, the task
+    /// deletes); the outgoing-bot hook runs after it, in the same transaction, only when a
+    /// group has bots.
     async fn fan_out_batch_impl(&self, jobs: &[ChunkJob<'_>]) -> Result<Vec<ChunkOutcome>> {
         let mut tx = self.writer().begin().await?;
-        let live = Self::claim_batch_tx(&mut tx, jobs).await?;
-        let applied: Vec<&ChunkJob<'_>> =
-            jobs.iter().filter(|j| live.contains(&j.task_id)).collect();
-        let rows = batch_rows_json(&applied);
-        let batch = "WITH b AS (SELECT json_extract(value, '$[0]') AS seq, json_extract(value, '$[1]') AS conv, \
-                     json_extract(value, '$[2]') AS task, json_extract(value, '$[3]') AS kind, \
-                     json_extract(value, '$[4]') AS ref FROM json_each($1))";
-        sqlx::query(&format!(
-            "{batch}, r AS (SELECT m.user_id AS user_id, COUNT(*) AS n FROM b \
-               JOIN members m ON m.conversation_id = b.conv AND m.joined_task <= b.task GROUP BY m.user_id) \
-             UPDATE user_pts SET pts = pts + r.n FROM r WHERE user_pts.user_id = r.user_id"
-        ))
-        .bind(&rows)
-        .execute(&mut *tx)
-        .await?;
-        let written: Vec<(i64, i64, i64)> = sqlx::query_as(&format!(
-            "{batch}, r AS (SELECT m.user_id AS user_id, b.conv AS conv, b.kind AS kind, b.ref AS ref, \
-               ROW_NUMBER() OVER (PARTITION BY m.user_id ORDER BY b.seq) AS k, \
-               COUNT(*) OVER (PARTITION BY m.user_id) AS n \
-               FROM b JOIN members m ON m.conversation_id = b.conv AND m.joined_task <= b.task) \
-             INSERT INTO inbox (user_id, pts, kind, conversation_id, ref_id, created_at) \
-             SELECT r.user_id, p.pts - r.n + r.k, r.kind, r.conv, r.ref, $2 \
-             FROM r JOIN user_pts p ON p.user_id = r.user_id WHERE true \
-             RETURNING user_id, pts, ref_id"
-        ))
-        .bind(&rows)
+        let all: Vec<&ChunkJob<'_>> = jobs.iter().collect();
+        let want = jobs.iter().any(|j| j.want_recipients);
+        let rows = sqlx::query(if want {
+            BATCH_FANOUT_SQL_RETURNING
+        } else {
+            BATCH_FANOUT_SQL
+        })
+        .bind(batch_rows_json(&all))
         .bind(jobs.first().map_or(0, |j| j.now_ms))
         .fetch_all(&mut *tx)
         .await?;
+        let json_column = |row: usize, column: usize| -> Result<&str> {
+            let row = rows
+                .get(row)
+                .ok_or_else(|| anyhow::anyhow!("batch fanout: row {row} missing"))?;
+            Ok(row.try_get::<&str, _>(column)?)
+        };
+        let parse = |text: &str| -> Result<Vec<serde_json::Value>> {
+            Ok(serde_json::from_str(text).map_err(|e| anyhow::anyhow!("batch fanout: {e}"))?)
+        };
+        let live: std::collections::HashSet<i64> = parse(json_column(0, 0)?)?
+            .iter()
+            .filter_map(serde_json::Value::as_i64)
+            .collect();
+        let with_bots: std::collections::HashSet<i64> = parse(json_column(0, 1)?)?
+            .iter()
+            .filter_map(serde_json::Value::as_i64)
+            .collect();
+        let written: Vec<(i64, i64, i64)> = if want {
+            serde_json::from_str(json_column(1, 0)?)
+                .map_err(|e| anyhow::anyhow!("batch fanout: {e}"))?
+        } else {
+            Vec::new()
+        };
+        let mut bot_events = false;
+        for job in jobs {
+            if live.contains(&job.task_id) && with_bots.contains(&job.conversation_id.0) {
+                bot_events |= Self::enqueue_bot_events_tx(&mut tx, job).await?;
+            }
+        }
         tx.commit().await?;
-        Ok(batch_outcomes(jobs, &live, written))
+        Ok(batch_outcomes(jobs, &live, written, bot_events))
     }
 
     /// Writes the event to `also_notify` users who are not (or no longer) members.
@@ -294,118 +328,158 @@ async fn group_commit_loop(
     }
 }
 
+/// The batch fanout's statements (see `fan_out_batch_impl`). `$1` holds the batch as
+/// `[seq, conversation, task, kind, ref]` rows; `b` keeps the ones whose task is still queued.
+macro_rules! batch_fanout_sql {
+    ($returning:expr) => {
+        concat!(
+            "SELECT (SELECT json_group_array(id) FROM tasks WHERE id IN \
+               (SELECT json_extract(value, '$[2]') FROM json_each($1))), \
+             (SELECT json_group_array(DISTINCT conversation_id) FROM bot_installs WHERE conversation_id IN \
+               (SELECT json_extract(value, '$[1]') FROM json_each($1))); \
+             WITH b AS (", batch_fanout_sql!(@b), "), \
+               r AS (SELECT m.user_id AS user_id, COUNT(*) AS n FROM b \
+                 JOIN members m ON m.conversation_id = b.conv AND m.joined_task <= b.task GROUP BY m.user_id) \
+             UPDATE user_pts SET pts = pts + r.n FROM r WHERE user_pts.user_id = r.user_id; \
+             WITH b AS (", batch_fanout_sql!(@b), "), ", batch_fanout_sql!(@r), " \
+             INSERT INTO inbox (user_id, pts, kind, conversation_id, ref_id, created_at) \
+             SELECT r.user_id, p.pts - r.n + r.k, r.kind, r.conv, r.ref, $2 \
+             FROM r JOIN user_pts p ON p.user_id = r.user_id WHERE true; ",
+            $returning,
+            "DELETE FROM tasks WHERE id IN (SELECT json_extract(value, '$[2]') FROM json_each($1));"
+        )
+    };
+    (@b) => {
+        "SELECT json_extract(value, '$[0]') AS seq, json_extract(value, '$[1]') AS conv, \
+         json_extract(value, '$[2]') AS task, json_extract(value, '$[3]') AS kind, \
+         json_extract(value, '$[4]') AS ref FROM json_each($1) \
+         WHERE json_extract(value, '$[2]') IN (SELECT id FROM tasks)"
+    };
+    (@r) => {
+        "r AS (SELECT m.user_id AS user_id, b.conv AS conv, b.kind AS kind, b.ref AS ref, \
+           ROW_NUMBER() OVER (PARTITION BY m.user_id ORDER BY b.seq) AS k, \
+           COUNT(*) OVER (PARTITION BY m.user_id) AS n \
+           FROM b JOIN members m ON m.conversation_id = b.conv AND m.joined_task <= b.task)"
+    };
+}
+
+const BATCH_FANOUT_SQL: &str = batch_fanout_sql!("");
+/// The same, with the written `(user, pts, ref)` rows as one JSON row (for live connections).
+const BATCH_FANOUT_SQL_RETURNING: &str = batch_fanout_sql!(concat!(
+    "WITH b AS (",
+    batch_fanout_sql!(@b),
+    "), ",
+    batch_fanout_sql!(@r),
+    " SELECT json_group_array(json_array(r.user_id, p.pts - r.n + r.k, r.ref)) \
+     FROM r JOIN user_pts p ON p.user_id = r.user_id; "
+));
+
+/// Writes the group as one command to the writer's thread: `BEGIN IMMEDIATE`, the dedupe
+/// claims, the messages, their tasks, `COMMIT`. Every statement takes the whole group as one
+/// JSON array and the only row that comes back is one JSON array of dedupe holders, because
+/// each command and each returned row is a hand-off between threads, and on a loaded 2-core
+/// machine those hand-offs, not SQLite, were most of a webhook's cost.
 async fn commit_group(writer: &SqlitePool, group: &[PendingEnqueue]) -> Result<Vec<Enqueued>> {
     let now = clock::now_ms();
-    let mut tx = writer.begin().await?;
-    let results = if let [single] = group {
-        vec![SqliteStore::enqueue_in(&mut tx, &single.message, now).await?]
-    } else {
-        let messages: Vec<&Message> = group.iter().map(|p| &p.message).collect();
-        enqueue_group_tx(&mut tx, &messages, now).await?
-    };
-    tx.commit().await?;
-    Ok(results)
-}
-
-/// `enqueue_in` for a whole group in three statements: claim the dedupe keys, then write the
-/// new messages and their tasks (task ids follow the group's order, which is arrival order).
-async fn enqueue_group_tx(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    messages: &[&Message],
-    now: i64,
-) -> Result<Vec<Enqueued>> {
-    let results = claim_dedupe_keys(tx, messages, now).await?;
-    let fresh: Vec<MessageRecord> = messages
-        .iter()
-        .zip(&results)
-        .filter(|(_, r)| matches!(r, Enqueued::New(_)))
-        .map(|(m, _)| MessageRecord::from(*m))
-        .collect();
-    if fresh.is_empty() {
-        return Ok(results);
-    }
-    let rows = message_rows_json(&fresh)?;
-    sqlx::query(
-        "INSERT INTO messages (id, org_id, conversation_id, sender_id, sender_kind, sender_name, \
-         msgtype, content, at, thread_key, dedupe_key, recalled, created_at, updated_at) \
-         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), \
-         json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'), \
-         json_extract(value, '$[6]'), json_extract(value, '$[7]'), json_extract(value, '$[8]'), \
-         json_extract(value, '$[9]'), json_extract(value, '$[10]'), 0, json_extract(value, '$[11]'), $2 \
-         FROM json_each($1) ORDER BY key",
-    )
-    .bind(&rows)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    let tasks: Vec<(i64, String)> = fresh
-        .into_iter()
-        .map(|record| {
-            let conversation = record.conversation_id.0;
-            let task = Task::Post {
-                message: Box::new(record),
-            };
-            serde_json::to_string(&task).map(|payload| (conversation, payload))
-        })
-        .collect::<std::result::Result<_, _>>()
-        .map_err(anyhow::Error::from)?;
-    sqlx::query(
-        "INSERT INTO tasks (conversation_id, payload, attempts, run_at, locked_until, created_at) \
-         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), 0, $2, 0, $2 \
-         FROM json_each($1) ORDER BY key",
-    )
-    .bind(serde_json::to_string(&tasks).map_err(anyhow::Error::from)?)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    Ok(results)
-}
-
-/// Claims the group's dedupe keys in one statement; a key already taken (earlier, or by an
-/// earlier message of this group) makes its message a duplicate of the holder.
-async fn claim_dedupe_keys(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    messages: &[&Message],
-    now: i64,
-) -> Result<Vec<Enqueued>> {
+    let messages: Vec<&Message> = group.iter().map(|p| &p.message).collect();
+    let records: Vec<MessageRecord> = messages.iter().map(|m| MessageRecord::from(*m)).collect();
     let keyed: Vec<(i64, &str, i64)> = messages
         .iter()
         .filter_map(|m| Some((m.conversation_id.0, m.dedupe_key.as_deref()?, m.id.0)))
         .collect();
-    let claimed: std::collections::HashSet<i64> = if keyed.is_empty() {
-        Default::default()
-    } else {
-        sqlx::query_scalar(
-            "INSERT INTO dedupe (conversation_id, dedupe_key, message_id, created_at) \
-             SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), $2 \
-             FROM json_each($1) WHERE true ORDER BY key \
-             ON CONFLICT (conversation_id, dedupe_key) DO NOTHING RETURNING message_id",
-        )
-        .bind(serde_json::to_string(&keyed).map_err(anyhow::Error::from)?)
-        .bind(now)
-        .fetch_all(&mut **tx)
-        .await?
-        .into_iter()
-        .collect()
-    };
-    let mut results = Vec::with_capacity(messages.len());
-    for m in messages {
-        let result = match &m.dedupe_key {
-            Some(key) if !claimed.contains(&m.id.0) => {
-                let holder: i64 = sqlx::query_scalar(
-                    "SELECT message_id FROM dedupe WHERE conversation_id = $1 AND dedupe_key = $2",
+    let tasks: Vec<(i64, String, i64, Option<&str>)> = records
+        .iter()
+        .map(|record| {
+            let task = Task::Post {
+                message: Box::new(record.clone()),
+            };
+            serde_json::to_string(&task).map(|payload| {
+                (
+                    record.conversation_id.0,
+                    payload,
+                    record.id.0,
+                    record.dedupe_key.as_deref(),
                 )
-                .bind(m.conversation_id.0)
-                .bind(key)
-                .fetch_one(&mut **tx)
-                .await?;
-                Enqueued::Duplicate(MessageId(holder))
-            }
+            })
+        })
+        .collect::<std::result::Result<_, _>>()
+        .map_err(anyhow::Error::from)?;
+    let query = sqlx::query(GROUP_COMMIT_SQL)
+        .bind(to_json(&keyed)?)
+        .bind(message_rows_json(&records)?)
+        .bind(to_json(&tasks)?)
+        .bind(now);
+    let rows = one_command(writer, query).await?;
+    let holders: Vec<(i64, i64)> = match rows.first() {
+        Some(row) => serde_json::from_str(row.try_get::<&str, _>(0)?)
+            .map_err(|e| anyhow::anyhow!("dedupe holders: {e}"))?,
+        None => Vec::new(),
+    };
+    let holders: std::collections::HashMap<i64, i64> = holders.into_iter().collect();
+    Ok(messages
+        .iter()
+        .map(|m| match holders.get(&m.id.0) {
+            Some(&holder) if holder != m.id.0 => Enqueued::Duplicate(MessageId(holder)),
             _ => Enqueued::New(m.id),
-        };
-        results.push(result);
+        })
+        .collect())
+}
+
+/// The group commit. A message is new unless its dedupe key was already held (earlier, or by
+/// an earlier message of the group, in arrival order); only new messages and their tasks are
+/// written. Task ids follow the group's order, which is arrival order.
+const GROUP_COMMIT_SQL: &str = "BEGIN IMMEDIATE; \
+    INSERT INTO dedupe (conversation_id, dedupe_key, message_id, created_at) \
+      SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), $4 \
+      FROM json_each($1) WHERE true ORDER BY key \
+      ON CONFLICT (conversation_id, dedupe_key) DO NOTHING; \
+    SELECT json_group_array(json_array(json_extract(k.value, '$[2]'), d.message_id)) \
+      FROM json_each($1) k JOIN dedupe d \
+      ON d.conversation_id = json_extract(k.value, '$[0]') AND d.dedupe_key = json_extract(k.value, '$[1]'); \
+    INSERT INTO messages (id, org_id, conversation_id, sender_id, sender_kind, sender_name, \
+      msgtype, content, at, thread_key, dedupe_key, recalled, created_at, updated_at) \
+      SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), \
+      json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'), \
+      json_extract(value, '$[6]'), json_extract(value, '$[7]'), json_extract(value, '$[8]'), \
+      json_extract(value, '$[9]'), json_extract(value, '$[10]'), 0, json_extract(value, '$[11]'), $4 \
+      FROM json_each($2) m WHERE json_extract(m.value, '$[10]') IS NULL OR EXISTS ( \
+        SELECT 1 FROM dedupe d WHERE d.conversation_id = json_extract(m.value, '$[2]') \
+        AND d.dedupe_key = json_extract(m.value, '$[10]') AND d.message_id = json_extract(m.value, '$[0]')) \
+      ORDER BY key; \
+    INSERT INTO tasks (conversation_id, payload, attempts, run_at, locked_until, created_at) \
+      SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), 0, $4, 0, $4 \
+      FROM json_each($3) t WHERE json_extract(t.value, '$[3]') IS NULL OR EXISTS ( \
+        SELECT 1 FROM dedupe d WHERE d.conversation_id = json_extract(t.value, '$[0]') \
+        AND d.dedupe_key = json_extract(t.value, '$[3]') AND d.message_id = json_extract(t.value, '$[2]')) \
+      ORDER BY key; \
+    COMMIT;";
+
+/// Runs a query that opens and commits its own transaction (`BEGIN …; …; COMMIT;`) as one
+/// command on one writer connection. A failed statement stops the command with the
+/// transaction still open, so it is rolled back before the connection goes back to the pool;
+/// a connection that cannot even roll back is closed instead of reused.
+async fn one_command<'q>(
+    writer: &SqlitePool,
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+) -> Result<Vec<sqlx::sqlite::SqliteRow>> {
+    let mut conn = writer.acquire().await?;
+    match query.fetch_all(&mut *conn).await {
+        Ok(rows) => Ok(rows),
+        Err(e) => {
+            if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
+                let none_open = rollback.to_string().contains("no transaction is active");
+                if !none_open {
+                    tracing::warn!(error = %rollback, "rollback failed; closing the connection");
+                    let _ = sqlx::Connection::close(conn.detach()).await;
+                }
+            }
+            Err(e.into())
+        }
     }
-    Ok(results)
+}
+
+fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String> {
+    Ok(serde_json::to_string(value).map_err(anyhow::Error::from)?)
 }
 
 /// The messages as the JSON rows the group insert reads, columns in its order.

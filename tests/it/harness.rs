@@ -402,8 +402,16 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// With `HERALD_TEST_DUMP_LOG=1`, a failing test leaves the server's log on stderr.
     fn drop(&mut self) {
         self.kill9();
+        if std::thread::panicking() && std::env::var_os("HERALD_TEST_DUMP_LOG").is_some() {
+            let log = std::fs::read_to_string(self.dir.path().join("server.log"));
+            eprintln!("--- server.log ---\n{}", log.unwrap_or_default());
+            let keep = std::env::temp_dir().join(format!("herald-failed-{}", std::process::id()));
+            let _ = std::fs::rename(self.dir.path().join("data"), &keep);
+            eprintln!("--- data dir kept in {} ---", keep.display());
+        }
     }
 }
 

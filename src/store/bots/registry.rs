@@ -101,10 +101,11 @@ macro_rules! bot_store_impl {
 
             /// The fanout hook: queues this event for every installed bot that hears it, in
             /// the transaction that writes the event (chunk 0 only, which runs exactly once).
+            /// True when it queued any delivery (the outgoing worker is woken only then).
             pub(in crate::store) async fn enqueue_bot_events_tx(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 job: &ChunkJob<'_>,
-            ) -> Result<()> {
+            ) -> Result<bool> {
                 let relevant = matches!(
                     job.kind,
                     EventKind::MessageCreated | EventKind::MessageRecalled
@@ -112,7 +113,7 @@ macro_rules! bot_store_impl {
                         | EventKind::MemberLeft
                 );
                 if job.chunk != 0 || !relevant {
-                    return Ok(());
+                    return Ok(false);
                 }
                 let rows = sqlx::query(
                     "SELECT b.id, b.name, b.triggers, b.keywords, b.events FROM bot_installs i \
@@ -124,9 +125,10 @@ macro_rules! bot_store_impl {
                 .fetch_all(&mut **tx)
                 .await?;
                 if rows.is_empty() {
-                    return Ok(());
+                    return Ok(false);
                 }
                 let context = Self::event_context_tx(tx, job).await?;
+                let mut queued = false;
                 for row in &rows {
                     let id = BotId(row.try_get("id")?);
                     let rules = Rules {
@@ -158,8 +160,9 @@ macro_rules! bot_store_impl {
                     .bind(job.now_ms)
                     .execute(&mut **tx)
                     .await?;
+                    queued = true;
                 }
-                Ok(())
+                Ok(queued)
             }
 
             /// What a bot event says about the conversation, the message and its sender.
