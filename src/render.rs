@@ -164,7 +164,9 @@ pub fn render(
         event: event.event.clone(),
         message: e.to_string(),
     };
-    let ctx = &event.fields;
+    // Converted once: rendering from the JSON value directly would convert the whole event
+    // again for the title, the text and every button.
+    let ctx = &minijinja::Value::from_serialize(&event.fields);
     let inline = |part: &str| -> Result<String, RenderError> {
         let template = catalog
             .env
