@@ -8,6 +8,8 @@
 //! 2. **Native**: the same transform written in Rust (serde_json, same fields, same markdown),
 //!    as a built-in adapter would do it. Target: plugin ≤ 2× native.
 //! 3. **Instantiate**: a fresh instance alone (pooling allocator, `InstancePre`). Target ≤ 50 µs.
+//!    Beside it, a call on Sentry's 436-byte installation ping (answered, nothing posted): what
+//!    a call costs besides the guest's own work (instance, request in, output out).
 //! 4. For scale: the built-in GitHub adapter + template render of an 8.8 KB push.
 //! 5. **Python plugin** (plugins/jenkins, componentize-py; skipped when
 //!    target/plugins/jenkins.wasm is missing): per call (`Runtime::call` reuses a warm instance
@@ -207,6 +209,19 @@ fn main() {
     let native_us = measure(500, || {
         std::hint::black_box(native_sentry(&body, "9c1d6f0e-8b7a-4e3d-a2c1-5f4e3d2c1b0a"));
     });
+    let ping = PluginRequest {
+        headers: vec![("sentry-hook-resource".into(), "installation".into())],
+        body: std::fs::read(fixtures.join("installation.created.json"))
+            .expect("fixture")
+            .into(),
+        ..request.clone()
+    };
+    let ping_us = measure(500, || {
+        let out = runtime
+            .call(&compiled, HostState::new("bench", BTreeMap::new()), &ping)
+            .expect("call");
+        std::hint::black_box(out);
+    });
     let instantiate_us = measure(2000, || {
         runtime.instantiate(&compiled).expect("instantiate")
     });
@@ -231,6 +246,10 @@ fn main() {
         plugin_us / native_us
     );
     println!("| native Rust, same transform | {native_us:.1} | 1.00× |");
+    println!(
+        "| C plugin, installation ping ({} B body, no message): a call's fixed cost | {ping_us:.1} | |",
+        ping.body.len()
+    );
     println!("| instantiate alone (pooling, InstancePre) | {instantiate_us:.2} | target ≤ 50 µs |");
     println!("| built-in GitHub adapter + render, 8.8 KB push | {github_us:.1} | (scale) |");
     if let Some(row) = python_plugin(&runtime, native_us) {

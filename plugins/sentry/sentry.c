@@ -108,33 +108,26 @@ static bool signature_ok(const adapter_http_request_t *req) {
     return mac.len == 32 && same(hex, given);
 }
 
+/* The parsed body. */
 typedef struct {
-    const char *doc, *end;
+    json_value root;
 } payload;
 
-static char *field(payload p, const char *path) {
-    return json_text(json_get(p.doc, p.end, path));
+/* The text at `path` under `v` (malloc'ed), or NULL. */
+static char *field(json_value v, const char *path) {
+    return json_text(json_get(v, path));
 }
 
-/* The value of tag `name` in Sentry's [["key", "value"], …] list, or NULL. */
-static char *tag(payload p, const char *name) {
-    json_value tags = json_get(p.doc, p.end, "data.event.tags");
-    for (int i = 0; tags.start && i < 100; i++) {
-        /* "<i>.0" is the key, "<i>.1" the value */
-        char path[8] = {0};
-        int n = i < 10 ? 1 : 2;
-        if (n == 2) path[0] = (char)('0' + i / 10);
-        path[n - 1] = (char)('0' + i % 10);
-        memcpy(path + n, ".0", 3);
-        json_value key = json_get(tags.start, tags.end, path);
-        if (!key.start) return NULL;
-        char *k = json_text(key);
+/* The value of tag `name` in the event's [["key", "value"], …] list, or NULL. */
+static char *tag(json_value event, const char *name) {
+    json_value tags = json_get(event, "tags");
+    for (size_t i = 0; tags.tok; i++) {
+        json_value pair = json_item(tags, i);
+        if (!pair.tok) return NULL;
+        char *k = json_text(json_item(pair, 0));
         bool match = k && strcmp(k, name) == 0;
         free(k);
-        if (match) {
-            path[n + 1] = '1';
-            return json_text(json_get(tags.start, tags.end, path));
-        }
+        if (match) return json_text(json_item(pair, 1));
     }
     return NULL;
 }
@@ -158,11 +151,11 @@ static herald_adapter_types_message_t new_message(const char *event, buf *title,
 
 /* `event_alert` / `triggered`: an alert rule fired for an event. */
 static herald_adapter_types_message_t event_alert(payload p, const char *request_id) {
-    char *title = field(p, "data.event.title"), *culprit = field(p, "data.event.culprit");
-    char *level = field(p, "data.event.level"), *rule = field(p, "data.triggered_rule");
-    char *url = field(p, "data.event.web_url"), *issue = field(p, "data.event.issue_id");
-    char *event_id = field(p, "data.event.event_id");
-    char *env = tag(p, "environment"), *release = field(p, "data.event.release");
+    json_value e = json_get(p.root, "data.event");
+    char *title = field(e, "title"), *culprit = field(e, "culprit"), *level = field(e, "level");
+    char *rule = field(p.root, "data.triggered_rule"), *url = field(e, "web_url");
+    char *issue = field(e, "issue_id"), *event_id = field(e, "event_id");
+    char *env = tag(e, "environment"), *release = field(e, "release");
     buf t = {0}, x = {0}, key = {0};
     put(&t, "Sentry: ");
     put(&t, title ? title : "an issue alert fired");
@@ -197,12 +190,11 @@ static herald_adapter_types_message_t event_alert(payload p, const char *request
 
 /* `issue` / created, resolved, assigned, archived, unresolved, ignored. */
 static herald_adapter_types_message_t issue(payload p, const char *action, const char *request_id) {
-    char *title = field(p, "data.issue.title"), *short_id = field(p, "data.issue.shortId");
-    char *level = field(p, "data.issue.level"), *id = field(p, "data.issue.id");
-    char *url = field(p, "data.issue.web_url"), *project = field(p, "data.issue.project.slug");
-    char *actor = field(p, "actor.name"), *actor_type = field(p, "actor.type");
-    char *assignee = field(p, "data.issue.assignedTo.email");
-    char *assignee_name = field(p, "data.issue.assignedTo.name");
+    json_value is = json_get(p.root, "data.issue");
+    char *title = field(is, "title"), *short_id = field(is, "shortId"), *level = field(is, "level");
+    char *id = field(is, "id"), *url = field(is, "web_url"), *project = field(is, "project.slug");
+    char *actor = field(p.root, "actor.name"), *actor_type = field(p.root, "actor.type");
+    char *assignee = field(is, "assignedTo.email"), *assignee_name = field(is, "assignedTo.name");
     buf t = {0}, x = {0}, event = {0}, key = {0};
     put(&event, "issue.");
     put(&event, action);
@@ -254,8 +246,10 @@ bool exports_adapter_handle(adapter_http_request_t *req, adapter_output_t *ret,
     if (!signature_ok(req)) return reject(err, 401, "invalid Sentry-Hook-Signature");
     char *resource = header(req, "sentry-hook-resource");
     if (!resource) return reject(err, 400, "missing Sentry-Hook-Resource header");
-    payload p = {(const char *)req->body.ptr, (const char *)req->body.ptr + req->body.len};
-    char *action = field(p, "action");
+    json_doc doc;
+    json_parse(&doc, (const char *)req->body.ptr, req->body.len);
+    payload p = {json_root(&doc)};
+    char *action = field(p.root, "action");
     char *request_id = header(req, "request-id");
     bool ok = true;
     if (!strcmp(resource, "installation")) {
@@ -277,6 +271,7 @@ bool exports_adapter_handle(adapter_http_request_t *req, adapter_output_t *ret,
     free(resource);
     free(action);
     free(request_id);
+    json_free(&doc);
     adapter_http_request_free(req);
     return ok;
 }

@@ -207,6 +207,9 @@ pub struct Plugins {
     settings: PluginsConfig,
     cache_dir: PathBuf,
     runtime: OnceLock<Result<Arc<Runtime>, String>>,
+    /// Compiled plugins by id. A plugin row never changes (a new version is a new row, and
+    /// neither backend reuses an id), so an id names one component for good and its entry
+    /// cannot go stale; the disk cache below it is keyed by content, wasmtime and engine.
     loaded: Mutex<HashMap<PluginId, Arc<Compiled>>>,
     stats: Mutex<HashMap<PluginId, PluginStats>>,
     /// Held for writing while a flush moves counts from memory to the store, and for reading
