@@ -8,6 +8,11 @@ use clap::{Args, Parser, Subcommand};
 use herald::config::{Config, Overrides};
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc instead of the system allocator: a webhook allocates and frees a whole JSON tree,
+/// headers and rows per request, and glibc's malloc was a visible share of that path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "herald", version, about = "Chatbot integration gateway")]
 struct Cli {
