@@ -1,8 +1,9 @@
-/* An FAQ bot for herald: a bot plugin (herald:bot@0.1.0) that answers questions about the
+/* An FAQ bot for herald: a bot plugin (herald:bot@0.2.0) that answers questions about the
  * topics in its config, instead of a server answering callbacks.
  *
  *  - a message that reaches the bot (an @mention, a 1:1 chat, or a keyword trigger) and names
  *    one or more topics → one text reply with each topic's answer, mentioning the asker
+ *    (in the question's thread, when it was asked in one)
  *  - an @mention or a 1:1 message that names no topic → the `fallback` answer, or a list of
  *    the topics it knows
  *  - `member.joined` (when the bot opted into it) → the `welcome` text, mentioning the
@@ -190,7 +191,13 @@ void exports_bot_on_event(bot_conversation_event_t *e, bot_list_message_t *ret) 
         }
         free(welcome);
     } else if (on_message(e, &text)) {
-        reply = text_message(&text, &e->message.val.sender.id, 1);
+        const herald_bot_types_chat_message_t *asked = &e->message.val;
+        reply = text_message(&text, &asked->sender.id, 1);
+        if (asked->thread_key.is_some) {
+            reply.thread_key.is_some = true;
+            bot_string_dup_n(&reply.thread_key.val, (const char *)asked->thread_key.val.ptr,
+                             asked->thread_key.val.len);
+        }
         answered = true;
     }
     if (answered) {

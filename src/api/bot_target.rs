@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use crate::error::ApiError;
 use crate::ids::{OrgId, PluginId};
 use crate::outgoing::ssrf;
-use crate::plugin::bot_v0_1;
+use crate::plugin::BOT_WORLDS;
 use crate::store::{Bot, StoreError};
 use crate::AppState;
 
@@ -123,11 +123,11 @@ async fn check_plugin(app: &AppState, org: OrgId, id: &str) -> Result<PluginId, 
         Err(StoreError::NotFound(_)) => return Err(missing()),
         Err(e) => return Err(e.into()),
     };
-    if record.world != bot_v0_1::WORLD {
+    if !BOT_WORLDS.contains(&record.world.as_str()) {
         return Err(ApiError::bad_request(format!(
             "plugin {id} implements {}; a bot needs a {} plugin",
             record.world,
-            bot_v0_1::WORLD
+            BOT_WORLDS.join(" or ")
         )));
     }
     Ok(plugin)

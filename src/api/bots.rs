@@ -49,7 +49,7 @@ pub(crate) struct CreateBot {
     /// Where the events are POSTed. A bot has this or `plugin_id`.
     #[serde(default)]
     callback_url: Option<String>,
-    /// A `herald:bot@0.1.0` plugin of the org (`GET /api/v1/plugins`) that answers the events
+    /// A `herald:bot` plugin (world 0.1.0 or 0.2.0) of the org (`GET /api/v1/plugins`) that answers the events
     /// inside herald, instead of a URL.
     #[serde(default)]
     plugin_id: Option<String>,

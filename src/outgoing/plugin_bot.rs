@@ -66,8 +66,8 @@ async fn post_replies(
 ) -> Option<String> {
     let mut error = None;
     for r in replies {
-        let posted =
-            reply::post_content(app, bot, d.conversation_id, r.content.clone(), r.at.clone()).await;
+        let (content, at, thread) = (r.content.clone(), r.at.clone(), r.thread_key.clone());
+        let posted = reply::post_content(app, bot, d.conversation_id, content, at, thread).await;
         if let (Err(e), None) = (posted, &error) {
             error = Some(format!("reply not posted: {e}"));
         }
@@ -130,6 +130,7 @@ mod tests {
                 content: "é".repeat(600),
             }),
             at: Default::default(),
+            thread_key: None,
         };
         let cut = excerpt(&[long]).expect("excerpt");
         assert!(cut.len() <= EXCERPT_BYTES && cut.starts_with(r#"{"messages":[{"#));

@@ -111,7 +111,7 @@ pub async fn post_reply(
 ) -> Result<MessageId, ApiError> {
     check_installed(bot, conversation)?;
     let (content, at) = parse_message(body)?;
-    post_content(app, bot, conversation, content, at).await
+    post_content(app, bot, conversation, content, at, None).await
 }
 
 fn check_installed(bot: &Bot, conversation: ConversationId) -> Result<(), ApiError> {
@@ -124,13 +124,15 @@ fn check_installed(bot: &Bot, conversation: ConversationId) -> Result<(), ApiErr
 }
 
 /// Posts a bot's message (an HTTP reply once parsed, or a bot plugin's reply) into a
-/// conversation it is installed in, under the size limit and the group's rate limit.
+/// conversation it is installed in, under the size limit and the group's rate limit; in the
+/// thread `thread_key` names, if any (bot plugins of `herald:bot@0.2.0` may name one).
 pub async fn post_content(
     app: &AppState,
     bot: &Bot,
     conversation: ConversationId,
     content: Content,
     at: At,
+    thread_key: Option<String>,
 ) -> Result<MessageId, ApiError> {
     check_installed(bot, conversation)?;
     let (size, max_bytes) = (
@@ -146,7 +148,17 @@ pub async fn post_content(
     let now = clock::now_ms();
     app.limiter.check(conversation, members, now)?;
     let at = crate::ingress::post::resolve_mentions(app, conversation, at).await?;
-    post_as(app, bot.sender(), bot.org_id, conversation, content, at).await
+    let sender = bot.sender();
+    post_as(
+        app,
+        sender,
+        bot.org_id,
+        conversation,
+        content,
+        at,
+        thread_key,
+    )
+    .await
 }
 
 async fn post_as(
@@ -156,6 +168,7 @@ async fn post_as(
     conversation: ConversationId,
     content: Content,
     at: At,
+    thread_key: Option<String>,
 ) -> Result<MessageId, ApiError> {
     let message = Message {
         id: MessageId(app.ids.next()),
@@ -164,7 +177,7 @@ async fn post_as(
         sender,
         content,
         at,
-        thread_key: None,
+        thread_key,
         dedupe_key: None,
         recalled: false,
         created_at_ms: clock::now_ms(),
@@ -197,6 +210,7 @@ pub async fn announce_install(
         conversation,
         text(words),
         At::default(),
+        None,
     )
     .await?;
     Ok(())
@@ -218,7 +232,16 @@ pub async fn announce_disabled(app: &AppState, bot: &DisabledBot) -> Result<(), 
         kind: SenderKind::Bot,
         name: "herald".into(),
     };
-    post_as(app, sender, bot.org_id, group, text(words), At::default()).await?;
+    post_as(
+        app,
+        sender,
+        bot.org_id,
+        group,
+        text(words),
+        At::default(),
+        None,
+    )
+    .await?;
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::contract::built_plugin;
-use super::{bot_v0_1, BotReply, Guest, HostState, Runtime};
+use super::{bot, BotReply, HostState, Runtime};
 use crate::config::Config;
 
 fn root() -> &'static Path {
@@ -62,12 +62,12 @@ fn every_example_bot_keeps_the_bot_contract() {
     for name in bots {
         let wasm = std::fs::read(built_plugin(&name)).expect("wasm");
         let compiled = runtime.compile(&wasm).expect("a valid plugin");
-        assert!(matches!(compiled.guest, Guest::Bot(_)), "{name}: not a bot");
+        assert!(compiled.guest.is_bot(), "{name}: not a bot");
         let settings = example_config(&name);
         for (case, payload) in events(&name) {
             let run = || -> Vec<BotReply> {
                 let state = HostState::new(&name, settings.clone());
-                bot_v0_1::call(&runtime, &compiled, state, &payload)
+                bot::call(&runtime, &compiled, state, &payload)
                     .unwrap_or_else(|e| panic!("{name}/{case}: {e}"))
             };
             let (first, again) = (run(), run());

@@ -1,14 +1,13 @@
 //! The host side of `herald:bot@0.1.0` (plugins/wit/bot-0.1.0): the generated bindings, the
 //! host functions (the adapter world's four, shared), the conversation event built from the
-//! callback body an HTTP bot would get, and the check of the replies. Frozen with the WIT: a
-//! new world version gets a new module beside this one.
+//! callback body an HTTP bot would get, and the check of the replies (which cannot name a
+//! thread in this version). Frozen with the WIT: `bot_v0_2` serves the next version beside it.
 
-use serde_json::Value;
 use wasmtime::component::{HasSelf, Linker};
 
+use super::bot;
 use super::runtime::{wrong_world, Compiled, Guest, Runtime};
-use super::v0_1::herald::adapter::host::{Host as AdapterHost, Level as AdapterLevel};
-use super::{HostState, PluginError};
+use super::{BotReply, HostState, PluginError};
 use crate::model::{self, At, Content};
 
 wasmtime::component::bindgen!({
@@ -22,59 +21,12 @@ use self::herald::bot::types;
 /// The world's name as `GET /api/v1/plugins` shows it.
 pub const WORLD: &str = "herald:bot/bot@0.1.0";
 
-/// Replies one event may post: a bot that answers with more is broken, not chatty.
-const MAX_REPLIES: usize = 10;
-
-/// One reply a bot plugin asks to post, already checked against DingTalk's rules.
-#[derive(Debug, Clone)]
-pub struct BotReply {
-    pub content: Content,
-    pub at: At,
-}
-
-/// A DingTalk-format message, as `herald plugin run` prints it.
-impl serde::Serialize for BotReply {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = s.serialize_map(Some(3))?;
-        map.serialize_entry("msgtype", self.content.msgtype())?;
-        map.serialize_entry(self.content.msgtype(), &self.content.body_json())?;
-        map.serialize_entry("at", &self.at)?;
-        map.end()
-    }
-}
-
 /// Adds the host functions of this world version to a linker.
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     Bot::add_to_linker::<HostState, HasSelf<HostState>>(linker, |state| state)
 }
 
-/// The same functions, with the same limits, as the adapter world lends.
-impl herald::bot::host::Host for HostState {
-    fn log(&mut self, level: Level, message: String) {
-        let level = match level {
-            Level::Debug => AdapterLevel::Debug,
-            Level::Info => AdapterLevel::Info,
-            Level::Warn => AdapterLevel::Warn,
-            Level::Error => AdapterLevel::Error,
-        };
-        AdapterHost::log(self, level, message);
-    }
-
-    fn config(&mut self, key: String) -> Option<String> {
-        AdapterHost::config(self, key)
-    }
-
-    fn hmac_sha256(&mut self, key: Vec<u8>, data: Vec<u8>) -> Vec<u8> {
-        AdapterHost::hmac_sha256(self, key, data)
-    }
-
-    fn now_ms(&mut self) -> i64 {
-        AdapterHost::now_ms(self)
-    }
-}
-
-impl herald::bot::types::Host for HostState {}
+bot_world_host!();
 
 /// Runs `on-event` in a fresh instance, within the deadline and the memory cap. `payload` is
 /// the delivery's callback body, the JSON an HTTP bot would be sent.
@@ -84,7 +36,7 @@ pub fn call(
     state: HostState,
     payload: &str,
 ) -> Result<Vec<BotReply>, PluginError> {
-    let Guest::Bot(pre) = &compiled.guest else {
+    let Guest::Bot01(pre) = &compiled.guest else {
         return Err(wrong_world(compiled, WORLD));
     };
     let event = event(payload).map_err(|e| PluginError::Internal(anyhow::anyhow!(e)))?;
@@ -98,107 +50,17 @@ pub fn call(
     }
 }
 
-/// The event record, from the callback body (`outgoing::payload::build`).
-pub fn event(payload: &str) -> Result<types::ConversationEvent, String> {
-    let body: Value =
-        serde_json::from_str(payload).map_err(|e| format!("the event is not JSON: {e}"))?;
-    if !body.is_object() {
-        return Err("the event must be a JSON object".into());
-    }
-    let event = text(&body, "event");
-    if event.is_empty() {
-        return Err("the event has no \"event\" name".into());
-    }
-    Ok(types::ConversationEvent {
-        message: body.get("msgId").map(|_| chat_message(&body)),
-        event,
-        id: text(&body, "id"),
-        conversation_id: text(&body, "conversationId"),
-        conversation_kind: match body["conversationType"].as_str() {
-            Some("1") => types::ConversationKind::Single,
-            _ => types::ConversationKind::Group,
-        },
-        conversation_title: text(&body, "conversationTitle"),
-        chatbot_user_id: text(&body, "chatbotUserId"),
-        created_at_ms: body["createAt"].as_i64().unwrap_or_default(),
-        user_ids: strings(&body["userIds"]),
-        payload_json: payload.to_string(),
-    })
-}
+event_from_callback!();
 
-fn chat_message(body: &Value) -> types::ChatMessage {
-    let msgtype = text(body, "msgtype");
-    let object = &body[msgtype.as_str()];
-    let readable = object["content"]
-        .as_str()
-        .or(object["text"].as_str())
-        .unwrap_or_default();
-    let staff_id = text(body, "senderStaffId");
-    types::ChatMessage {
-        id: text(body, "msgId"),
-        text: readable.to_string(),
-        sender: types::Sender {
-            id: text(body, "senderId"),
-            name: text(body, "senderNick"),
-            staff_id: (!staff_id.is_empty()).then_some(staff_id),
-            is_admin: body["isAdmin"].as_bool().unwrap_or_default(),
-        },
-        at_user_ids: body["atUsers"]
-            .as_array()
-            .map(|users| {
-                users
-                    .iter()
-                    .filter_map(|u| u["dingtalkId"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        thread_key: body["threadKey"].as_str().map(str::to_string),
-        msgtype,
-    }
-}
-
-fn text(body: &Value, key: &str) -> String {
-    body[key].as_str().unwrap_or_default().to_string()
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Checks every reply as the DingTalk-format endpoints would.
+/// Checks every reply as the DingTalk-format endpoints would; none names a thread.
 pub fn replies(messages: Vec<types::Message>) -> Result<Vec<BotReply>, PluginError> {
-    if messages.len() > MAX_REPLIES {
-        return Err(PluginError::BadOutput(format!(
-            "{} replies to one event; at most {MAX_REPLIES}",
-            messages.len()
-        )));
-    }
-    messages
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| reply(m).map_err(|e| PluginError::BadOutput(format!("message {i}: {e}"))))
-        .collect()
-}
-
-fn reply(m: types::Message) -> Result<BotReply, String> {
-    let content = content(m.content);
-    content.validate()?;
-    if content.plain_text().trim().is_empty() {
-        return Err("a reply must not be empty".into());
-    }
-    Ok(BotReply {
-        content,
-        at: At {
+    bot::replies(messages, |m| {
+        let at = At {
             at_user_ids: m.mentions.user_ids,
             at_mobiles: m.mentions.mobiles,
             is_at_all: m.mentions.all,
-        },
+        };
+        bot::reply(content(m.content), at, None)
     })
 }
 
@@ -207,6 +69,7 @@ content_from_wit!();
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plugin::bot::MAX_REPLIES;
     use serde_json::json;
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 
-use super::{bot_v0_1, Compiled, Guest, HostState, PluginRequest, Runtime};
+use super::{bot, bot_v0_1, Compiled, HostState, PluginRequest, Runtime};
 use crate::config::PluginsConfig;
 
 /// Validates a component file; its world, sha256 and size as JSON.
@@ -46,7 +46,7 @@ pub fn run(settings: &PluginsConfig, args: &RunArgs<'_>) -> anyhow::Result<serde
     let compiled = runtime.compile(&wasm)?;
     let body = std::fs::read(args.request)
         .with_context(|| format!("reading {}", args.request.display()))?;
-    if let Guest::Bot(_) = compiled.guest {
+    if compiled.guest.is_bot() {
         return run_bot(&runtime, &compiled, args, &body);
     }
     let request = PluginRequest {
@@ -75,7 +75,7 @@ fn run_bot(
     bot_v0_1::event(payload).map_err(|e| anyhow::anyhow!("{}: {e}", args.request.display()))?;
     let mut state = HostState::new(args.file.display().to_string(), config(args.config)?);
     state.guest_stderr = true;
-    let messages = bot_v0_1::call(runtime, compiled, state, payload)?;
+    let messages = bot::call(runtime, compiled, state, payload)?;
     Ok(serde_json::json!({ "messages": messages }))
 }
 

@@ -1,7 +1,7 @@
 //! Plugins: custom adapters and bots written by users as WebAssembly components and run by
 //! herald in a wasmtime sandbox. A plugin targets a versioned WIT world (`plugins/wit/`); each
-//! world version has its own host module (`v0_1` for adapters, `bot_v0_1` for bots, called
-//! through `bot`). This module owns loading (from the store, through the compiled-artifact
+//! world version has its own host module (`v0_1` for adapters; `bot_v0_1` and `bot_v0_2` for
+//! bots, both served, called through `bot`). This module owns loading (from the store, through the compiled-artifact
 //! cache), the per-plugin failure counters, and the bounded, blocking calls. It must not post
 //! anything: ingress turns an adapter's output into events and sends them down the same
 //! filter → group → post path as the built-in adapters; the outgoing worker posts a bot's
@@ -44,10 +44,13 @@ macro_rules! content_from_wit {
     };
 }
 
+#[macro_use]
+mod bot_glue;
 mod bot;
 #[cfg(test)]
 mod bot_contract;
 pub mod bot_v0_1;
+pub mod bot_v0_2;
 mod cache;
 pub mod cli;
 #[cfg(test)]
@@ -71,7 +74,7 @@ use crate::ids::{OrgId, PluginId};
 use crate::model::{At, Content};
 use crate::store::Store;
 
-pub use bot_v0_1::BotReply;
+pub use bot::{BotReply, WORLDS as BOT_WORLDS};
 pub use cache::WASMTIME_VERSION;
 pub use runtime::{Compiled, Guest, Runtime};
 

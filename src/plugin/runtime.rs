@@ -1,7 +1,7 @@
 //! The sandbox: one wasmtime `Engine` with the pooling allocator and epoch interruption, a
 //! ticker thread that advances the epoch, and the two operations on components: `compile`
 //! (validate against a supported world, then pre-instantiate) and `call` (a fresh `Store` per
-//! call, bounded by a deadline and a memory cap; bots are called through `bot_v0_1::call`
+//! call, bounded by a deadline and a memory cap; bots are called through `bot::call`
 //! with the same store). Both block: callers run them on blocking threads, never on the
 //! async runtime.
 
@@ -19,7 +19,7 @@ use wasmtime::{
 mod warm;
 
 use super::cache::{hex, DiskCache};
-use super::{bot_v0_1, v0_1, wasi, HostState, PluginError, PluginOutput, PluginRequest};
+use super::{bot_v0_1, bot_v0_2, v0_1, wasi, HostState, PluginError, PluginOutput, PluginRequest};
 use crate::config::PluginsConfig;
 
 /// How often the ticker advances the epoch: the deadline's resolution.
@@ -54,7 +54,9 @@ pub enum Guest {
     /// `herald:adapter@0.1.0`: a robot's webhooks.
     Adapter(v0_1::AdapterPre<HostState>),
     /// `herald:bot@0.1.0`: a bot's conversation events.
-    Bot(bot_v0_1::BotPre<HostState>),
+    Bot01(bot_v0_1::BotPre<HostState>),
+    /// `herald:bot@0.2.0`: the same, with replies that name a thread.
+    Bot02(bot_v0_2::BotPre<HostState>),
 }
 
 impl Guest {
@@ -64,13 +66,18 @@ impl Guest {
             Ok(pre) => return Ok(Guest::Adapter(pre)),
             Err(e) => e,
         };
-        match bot_v0_1::BotPre::new(instance_pre) {
-            Ok(pre) => Ok(Guest::Bot(pre)),
-            Err(bot) => Err(format!(
+        let bot01 = match bot_v0_1::BotPre::new(instance_pre.clone()) {
+            Ok(pre) => return Ok(Guest::Bot01(pre)),
+            Err(e) => e,
+        };
+        match bot_v0_2::BotPre::new(instance_pre) {
+            Ok(pre) => Ok(Guest::Bot02(pre)),
+            Err(bot02) => Err(format!(
                 "the component does not implement a world herald serves: not {} ({adapter}), \
-                 not {} ({bot})",
+                 not {} ({bot01}), not {} ({bot02})",
                 v0_1::WORLD,
-                bot_v0_1::WORLD
+                bot_v0_1::WORLD,
+                bot_v0_2::WORLD
             )),
         }
     }
@@ -78,8 +85,14 @@ impl Guest {
     pub fn world(&self) -> &'static str {
         match self {
             Guest::Adapter(_) => v0_1::WORLD,
-            Guest::Bot(_) => bot_v0_1::WORLD,
+            Guest::Bot01(_) => bot_v0_1::WORLD,
+            Guest::Bot02(_) => bot_v0_2::WORLD,
         }
+    }
+
+    /// A bot plugin, of any bot world version.
+    pub fn is_bot(&self) -> bool {
+        matches!(self, Guest::Bot01(_) | Guest::Bot02(_))
     }
 }
 
@@ -115,6 +128,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         v0_1::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("plugin linker: {e}"))?;
         bot_v0_1::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("plugin linker: {e}"))?;
+        bot_v0_2::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("plugin linker: {e}"))?;
         let mut wasi_linker = linker.clone();
         wasi::add_to_linker(&mut wasi_linker)
             .map_err(|e| anyhow::anyhow!("plugin WASI linker: {e}"))?;
@@ -191,7 +205,8 @@ impl Runtime {
         let mut store = self.store(HostState::new("probe", Default::default()));
         let instantiated = match &compiled.guest {
             Guest::Adapter(pre) => pre.instantiate(&mut store).map(drop),
-            Guest::Bot(pre) => pre.instantiate(&mut store).map(drop),
+            Guest::Bot01(pre) => pre.instantiate(&mut store).map(drop),
+            Guest::Bot02(pre) => pre.instantiate(&mut store).map(drop),
         };
         instantiated.map_err(|e| self.classify(e, store.data()))
     }
@@ -213,7 +228,7 @@ impl Runtime {
         } else {
             format!(
                 "the component imports {}, which herald does not provide: plugins get only \
-                 herald:adapter/host@0.1.0 or herald:bot/host@0.1.0 and, when their toolchain \
+                 herald:adapter/host@0.1.0 or herald:bot/host@0.1.0 (0.2.0) and, when their toolchain \
                  needs it, WASI 0.2 with an empty context (no files, environment or network)",
                 foreign.join(", ")
             )

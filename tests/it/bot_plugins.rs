@@ -1,6 +1,7 @@
-//! Bot plugins (`herald:bot@0.1.0`) end to end: the example FAQ bot in C (plugins/faqbot,
-//! built from source by `scripts/build-plugins`) registered as a bot with triggers, answering
-//! members' @mentions and keywords as the bot; a hostile WAT bot stopped at the deadline with
+//! Bot plugins end to end: the example FAQ bot in C (plugins/faqbot, `herald:bot@0.2.0`, built
+//! from source by `scripts/build-plugins`) registered as a bot with triggers, answering
+//! members' @mentions and keywords as the bot, in the asker's thread; hostile WAT bots (still
+//! `herald:bot@0.1.0`, which herald keeps serving beside 0.2.0) stopped at the deadline with
 //! the failure recorded on the delivery and retried per policy while another bot keeps
 //! answering; plugins and worlds kept apart (org B cannot use org A's plugin, robots take
 //! adapters and bots take bots); and the `herald plugin` CLI on the bot's fixtures.
@@ -57,9 +58,24 @@ async fn create_bot(server: &Server, admin: &str, spec: Value) -> Value {
 
 /// Posts `text` @-mentioning `bot` as the member `token`.
 async fn mention(server: &Server, token: &str, group: &str, bot: &Value, text: &str) {
+    mention_in(server, token, group, bot, text, None).await;
+}
+
+/// The same, in the thread `thread` when given.
+async fn mention_in(
+    server: &Server,
+    token: &str,
+    group: &str,
+    bot: &Value,
+    text: &str,
+    thread: Option<&str>,
+) {
     let path = format!("/api/v1/conversations/{group}/messages");
-    let body = json!({"msgtype": "text", "text": {"content": text},
-                      "at": {"atUserIds": [bot["chatbot_user_id"]]}});
+    let mut body = json!({"msgtype": "text", "text": {"content": text},
+                          "at": {"atUserIds": [bot["chatbot_user_id"]]}});
+    if let Some(thread) = thread {
+        body["thread_key"] = json!(thread);
+    }
     let (status, posted) = server.post(token, &path, body).await;
     assert_eq!(status, StatusCode::CREATED, "{posted}");
 }
@@ -142,7 +158,7 @@ async fn faq_bot_answers_members_as_the_bot(backend: Backend) {
     let wasm = std::fs::read(faqbot_wasm()).expect("wasm");
     let (status, uploaded) = upload(&server, &admin, "faqbot", "1.0.0", wasm).await;
     assert_eq!(status, StatusCode::CREATED, "{uploaded}");
-    assert_eq!(uploaded["world"], "herald:bot/bot@0.1.0");
+    assert_eq!(uploaded["world"], "herald:bot/bot@0.2.0");
     let plugin = uploaded["id"].as_str().expect("id").to_string();
     let config = json!({"topics": "deploy, vpn", "answer.deploy": "{name}: run `make rollback`.",
                         "answer.vpn": "VPN help: see go/vpn."});
@@ -172,18 +188,29 @@ async fn faq_bot_answers_members_as_the_bot(backend: Backend) {
     assert_eq!(answer["sender"]["kind"], "bot");
     assert_eq!(answer["sender"]["name"], "faq");
     assert_eq!(answer["at"]["atUserIds"], json!([users[0]]));
+    assert!(answer.get("thread_key").is_none(), "{answer}");
+    // Asked in a thread, it answers in that thread (a herald:bot@0.2.0 reply names its thread).
+    let thread = Some("incident-2041");
+    mention_in(&server, &bob, &group, &bot, "@faq deploy broke", thread).await;
+    let messages = wait_for_messages(&server, &alice, &bot, 3).await;
+    assert_eq!(text(&messages[2]), "m1: run `make rollback`.");
+    assert_eq!(
+        messages[2]["thread_key"], "incident-2041",
+        "{}",
+        messages[2]
+    );
     // A keyword reaches it without a mention; an unrelated message does not reach it at all.
     server.send_text(&bob, &group, "lunch at noon").await;
     server.send_text(&bob, &group, "my vpn is down again").await;
-    let messages = wait_for_messages(&server, &alice, &bot, 3).await;
-    assert_eq!(text(&messages[2]), "VPN help: see go/vpn.");
+    let messages = wait_for_messages(&server, &alice, &bot, 4).await;
+    assert_eq!(text(&messages[3]), "VPN help: see go/vpn.");
     // A mention without a topic gets the list of topics.
     mention(&server, &bob, &group, &bot, "@faq hello?").await;
-    let messages = wait_for_messages(&server, &alice, &bot, 4).await;
+    let messages = wait_for_messages(&server, &alice, &bot, 5).await;
     assert!(
-        text(&messages[3]).contains("deploy, vpn"),
+        text(&messages[4]).contains("deploy, vpn"),
         "{}",
-        messages[3]
+        messages[4]
     );
     // A new config applies to the next event, without a restart.
     let (status, body) = server
@@ -196,10 +223,10 @@ async fn faq_bot_answers_members_as_the_bot(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     mention(&server, &alice, &group, &bot, "@faq can I deploy?").await;
-    let messages = wait_for_messages(&server, &bob, &bot, 5).await;
-    assert_eq!(text(&messages[4]), "Deploys are frozen.");
+    let messages = wait_for_messages(&server, &bob, &bot, 6).await;
+    assert_eq!(text(&messages[5]), "Deploys are frozen.");
     // Every event went through the delivery queue and its log.
-    let delivered = deliveries(&server, &admin, &bot, "delivered", 4).await;
+    let delivered = deliveries(&server, &admin, &bot, "delivered", 5).await;
     for d in &delivered {
         let attempt = &d["attempts"][0];
         assert!(
@@ -214,7 +241,7 @@ async fn faq_bot_answers_members_as_the_bot(backend: Backend) {
     let stats = plugin_stats(&server, &admin, &plugin).await;
     assert_eq!(
         (stats["calls"].clone(), stats["ok"].clone()),
-        (json!(4), json!(4)),
+        (json!(5), json!(5)),
         "{stats}"
     );
 }
@@ -315,7 +342,7 @@ async fn bot_plugins_stay_in_their_org_and_world(backend: Backend) {
             &admin_a,
             "/api/v1/bots",
             bot(&a_adapter, &a_group),
-            "a bot needs a herald:bot/bot@0.1.0 plugin",
+            "a bot needs a herald:bot/bot@0.1.0 or herald:bot/bot@0.2.0 plugin",
         ),
         (
             &admin_a,
@@ -426,7 +453,7 @@ fn cli_checks_and_runs_a_bot_plugin() {
         String::from_utf8_lossy(&out.stderr)
     );
     let checked: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    assert_eq!(checked["world"], "herald:bot/bot@0.1.0");
+    assert_eq!(checked["world"], "herald:bot/bot@0.2.0");
     let fixtures = root().join("plugins/faqbot/fixtures");
     let run = |case: &str| -> Value {
         let request = fixtures.join(format!("{case}.json"));
@@ -457,6 +484,9 @@ fn cli_checks_and_runs_a_bot_plugin() {
         deploy["messages"][0]["text"]["content"],
         "Hi Mei Lin, see go/rollback."
     );
+    assert!(deploy["messages"][0].get("threadKey").is_none(), "{deploy}");
+    let threaded = run("mention.in-thread");
+    assert_eq!(threaded["messages"][0]["threadKey"], "incident-2041");
     assert_eq!(
         deploy["messages"][0]["at"]["atUserIds"],
         json!(["7316148731486050"])

@@ -1,6 +1,8 @@
 //! WASM plugins end to end: upload, route `/hooks/plugin/{token}` through a plugin, hot-swap
 //! versions without a restart, and the sandbox's promises against hostile plugins (a spin, a
-//! memory bomb, a trap, a WASI import), each counted per plugin and visible in the API.
+//! memory bomb, a trap, a WASI import), each counted per plugin and visible in the API; and a
+//! plugin's messages held to the robot's filters, keywords, rate and the message size limit,
+//! exactly as a built-in adapter's.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -12,7 +14,8 @@ on_both_backends!(
     upload_validates_and_lists,
     hot_swap_without_restart,
     hostile_plugins_are_contained,
-    plugins_stay_in_their_org
+    plugins_stay_in_their_org,
+    plugin_output_meets_the_robot_rules
 );
 
 /// Uploads a component; the status and body.
@@ -472,4 +475,74 @@ async fn plugins_stay_in_their_org(backend: Backend) {
     )
     .await;
     assert_ne!(a_plugin, b_plugin);
+}
+
+/// A plugin's messages meet the same robot rules as a built-in adapter's, with the same
+/// answers: the filter engine skips, the keyword rule refuses, the rate limit throttles and
+/// the message size limit refuses; nothing refused is posted.
+async fn plugin_output_meets_the_robot_rules(backend: Backend) {
+    let server = Server::start(backend, "[http]\nmax_message_bytes = 200\n").await;
+    let admin = server.admin_token();
+    let users = server.create_users(&admin, "u", 1).await;
+    let member = server.token_for(&admin, &users[0]).await;
+    let group = server.create_group(&admin, "g", &users).await;
+    let robot = |text: &str, spec: Value| {
+        let (server, admin, group) = (&server, &admin, &group);
+        let wasm = wasm::text_plugin(text);
+        let name = format!("rules-{}", text.len());
+        async move {
+            let plugin = register(server, admin, &name, "1", wasm).await;
+            let mut body = json!({"kind": "plugin", "name": "rules", "conversation_id": group,
+                                  "plugin_id": plugin});
+            for (k, v) in spec.as_object().expect("spec") {
+                body[k] = v.clone();
+            }
+            let (status, robot) = server.post(admin, "/api/v1/robots", body).await;
+            assert_eq!(status, StatusCode::CREATED, "{robot}");
+            robot
+        }
+    };
+    // Filters: the plugin's event name is what `events` matches.
+    let skipped = robot("a", json!({"filters": {"events": {"exclude": ["test.*"]}}})).await;
+    let (status, body) = hook(&server, &skipped, "{}").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (&body["posted"], &body["skipped"]),
+        (&json!(0), &json!(["test.posted"]))
+    );
+    // Keywords: the plugin's text must carry one.
+    let keyword = robot("bb", json!({"security": {"keywords": ["deploy"]}})).await;
+    let (status, body) = hook(&server, &keyword, "{}").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["errmsg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("keywords"),
+        "{body}"
+    );
+    // Rate: one a minute, then 429.
+    let rated = robot("ccc", json!({"rate_per_minute": 1})).await;
+    let (status, body) = hook(&server, &rated, "{}").await;
+    assert_eq!(
+        (status, &body["posted"]),
+        (StatusCode::OK, &json!(1)),
+        "{body}"
+    );
+    let (status, body) = hook(&server, &rated, "{}").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["errcode"], 42900, "{body}");
+    // Size: the configured message limit, not only DingTalk's shape rules.
+    let long = robot(&"d".repeat(300), json!({})).await;
+    let (status, body) = hook(&server, &long, "{}").await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["errcode"], 41300, "{body}");
+    assert!(
+        body["errmsg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("200 bytes"),
+        "{body}"
+    );
+    assert_eq!(posted_texts(&server, &member).await, ["ccc"]);
 }
