@@ -48,6 +48,7 @@ pub struct FanoutConfig {
     pub lanes: u32,
     pub chunk_size: u32,
     pub parallel_chunks: u32,
+    pub min_parallel_chunk: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -173,6 +174,12 @@ impl Config {
         Ok(config)
     }
 
+    /// Whether the store takes concurrent write transactions (PostgreSQL), so a large fanout's
+    /// chunks can be written at the same time; the embedded SQLite store has one writer.
+    pub fn parallel_writes(&self) -> bool {
+        !self.database_url.is_empty()
+    }
+
     /// The defaults alone, for tests and benchmarks that tweak a field or two.
     pub fn defaults() -> Config {
         Config::load(None, &Overrides::default()).expect("embedded defaults are valid")
@@ -193,6 +200,9 @@ impl Config {
         }
         if self.fanout.parallel_chunks == 0 {
             bail!("fanout.parallel_chunks must be at least 1");
+        }
+        if self.fanout.min_parallel_chunk < 100 {
+            bail!("fanout.min_parallel_chunk must be at least 100");
         }
         if self.limits.min_group_messages_per_minute == 0 {
             bail!("limits.min_group_messages_per_minute must be at least 1");

@@ -7,6 +7,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 
 use std::sync::Arc;
 
+use crate::config::Config;
 use crate::model::{Content, Event, EventKind, Message};
 use crate::store::{ChunkJob, ChunkOutcome, MessageRecord, QueuedTask, StoreError, Task};
 use crate::{clock, AppState};
@@ -55,7 +56,7 @@ pub async fn fan_out(app: &AppState, queued: &QueuedTask) -> Result<(), StoreErr
 pub fn batchable(app: &AppState, queued: &QueuedTask) -> bool {
     matches!(queued.task, Task::Post { .. })
         && !queued.planned
-        && queued.members <= i64::from(app.config.fanout.chunk_size)
+        && chunk_count(&app.config, queued.members) == 1
 }
 
 /// Fans out several batchable tasks (in queue order) in one transaction: one commit, and one
@@ -122,11 +123,35 @@ async fn chunk_bounds(
     queued: &QueuedTask,
     conversation: crate::ids::ConversationId,
 ) -> Result<Vec<i64>, StoreError> {
-    let size = app.config.fanout.chunk_size;
-    if !queued.planned && app.store.member_count(conversation).await? <= i64::from(size) {
+    let chunks = chunk_count(&app.config, queued.members);
+    if !queued.planned && chunks == 1 {
         return Ok(Vec::new());
     }
-    app.store.chunk_plan(queued.id, conversation, size).await
+    let per_chunk = div_ceil(queued.members.max(1), chunks);
+    app.store
+        .chunk_plan(queued.id, conversation, per_chunk)
+        .await
+}
+
+/// How many chunks a group of `members` is written in: enough that none exceeds
+/// `chunk_size`, and where the store writes chunks at the same time, up to
+/// `parallel_chunks` of at least `min_parallel_chunk` members each, so a large group that
+/// fits one chunk still uses every parallel writer.
+fn chunk_count(config: &Config, members: i64) -> i64 {
+    let fanout = &config.fanout;
+    let members = members.max(1);
+    let needed = div_ceil(members, i64::from(fanout.chunk_size));
+    if !config.parallel_writes() {
+        return needed;
+    }
+    let parallel = (members / i64::from(fanout.min_parallel_chunk))
+        .clamp(1, i64::from(fanout.parallel_chunks));
+    needed.max(parallel)
+}
+
+/// `a / b` rounded up, for positive operands (`i64::div_ceil` is not stable yet).
+fn div_ceil(a: i64, b: i64) -> i64 {
+    (a + b - 1) / b
 }
 
 /// What a task writes: the event kind, what it refers to, and who besides members hears it.
@@ -217,5 +242,38 @@ impl<'a> Plan<'a> {
             }),
             details: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(database_url: &str) -> Config {
+        let mut config = Config::defaults();
+        config.database_url = database_url.to_string();
+        config
+    }
+
+    #[test]
+    fn sqlite_splits_only_past_chunk_size() {
+        let sqlite = config("");
+        assert_eq!(chunk_count(&sqlite, 10_000), 1);
+        assert_eq!(chunk_count(&sqlite, 10_001), 2);
+        assert_eq!(chunk_count(&sqlite, 95_000), 10);
+    }
+
+    #[test]
+    fn postgres_splits_a_large_group_over_its_parallel_writers() {
+        let pg = config("postgres://localhost/herald");
+        assert_eq!(chunk_count(&pg, 0), 1);
+        assert_eq!(chunk_count(&pg, 4_999), 1, "under twice min_parallel_chunk");
+        assert_eq!(chunk_count(&pg, 5_000), 2);
+        assert_eq!(chunk_count(&pg, 10_000), 2);
+        assert_eq!(
+            chunk_count(&pg, 95_000),
+            10,
+            "chunk_size still bounds each chunk"
+        );
     }
 }

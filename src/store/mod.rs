@@ -135,7 +135,8 @@ pub struct QueuedTask {
     pub task: Task,
     pub attempts: i64,
     pub run_at_ms: i64,
-    /// The conversation's member count when claimed (decides whether it can be batched).
+    /// The conversation's member count when claimed (decides whether it can be batched and
+    /// how it is split into chunks).
     pub members: i64,
     /// Whether an earlier run split this task into chunks (it must keep that split).
     pub planned: bool,
@@ -334,13 +335,13 @@ pub trait CoreStore: Send + Sync + 'static {
     /// each as `fan_out_chunk` would; the outcomes line up with `jobs`.
     async fn fan_out_batch(&self, jobs: &[ChunkJob<'_>]) -> Result<Vec<ChunkOutcome>>;
     /// How a multi-chunk task splits its members: the first user id of each chunk after the
-    /// first, as decided by its first run (`chunk_size` members per chunk) and kept for every
-    /// later run. Empty when the task has no plan and the group fits one chunk.
+    /// first (every `per_chunk`-th member in user-id order), as decided by its first run and
+    /// kept for every later run. Empty when the group fits one chunk.
     async fn chunk_plan(
         &self,
         task_id: i64,
         conversation: ConversationId,
-        chunk_size: u32,
+        per_chunk: i64,
     ) -> Result<Vec<i64>>;
     /// Removes a finished multi-chunk task and its progress marks.
     async fn complete_task(&self, task_id: i64) -> Result<()>;

@@ -855,37 +855,45 @@ macro_rules! shared_store_impl {
                 self.watch_inbox_impl().await
             }
 
-            async fn chunk_plan(&self, task_id: i64, conversation: ConversationId, chunk_size: u32) -> Result<Vec<i64>> {
-                let stored = || {
-                    sqlx::query_scalar::<_, String>("SELECT bounds FROM fanout_plans WHERE task_id = $1")
-                        .bind(task_id)
-                        .fetch_optional(self.writer())
-                };
-                if let Some(bounds) = stored().await? {
-                    return Ok(serde_json::from_str(&bounds).map_err(anyhow::Error::from)?);
-                }
+            async fn chunk_plan(&self, task_id: i64, conversation: ConversationId, per_chunk: i64) -> Result<Vec<i64>> {
                 let bounds: Vec<i64> = sqlx::query_scalar(
-                    // ceil(n / size) chunks of equal size: each starts at rank 1 + k * per.
-                    "SELECT user_id FROM (SELECT user_id, ROW_NUMBER() OVER (ORDER BY user_id) AS rn, \
-                     COUNT(*) OVER () AS n FROM members WHERE conversation_id = $1) AS ranked \
-                     WHERE rn > 1 AND (rn - 1) % ((n + (n + $2 - 1) / $2 - 1) / ((n + $2 - 1) / $2)) = 0 \
-                     ORDER BY user_id",
+                    // Each bound is `per_chunk` members past the previous one: one walk along
+                    // the members index, no sort.
+                    "WITH RECURSIVE b (user_id) AS ( \
+                       SELECT (SELECT user_id FROM members WHERE conversation_id = $1 \
+                               ORDER BY user_id LIMIT 1 OFFSET $2) \
+                       UNION ALL \
+                       SELECT (SELECT m.user_id FROM members m WHERE m.conversation_id = $1 AND m.user_id > b.user_id \
+                               ORDER BY m.user_id LIMIT 1 OFFSET $3) \
+                       FROM b WHERE b.user_id IS NOT NULL) \
+                     SELECT user_id FROM b WHERE user_id IS NOT NULL ORDER BY user_id",
                 )
                 .bind(conversation.0)
-                .bind(i64::from(chunk_size.max(1)))
+                .bind(per_chunk.max(1))
+                .bind(per_chunk.max(1) - 1)
                 .fetch_all(self.writer())
                 .await?;
-                if bounds.is_empty() {
-                    return Ok(bounds);
-                }
-                sqlx::query("INSERT INTO fanout_plans (task_id, bounds) VALUES ($1, $2) ON CONFLICT (task_id) DO NOTHING")
+                // A plan stored by an earlier run (or another process) wins over this one. A
+                // group that fits one chunk stores none: its single transaction ends the task.
+                let kept: Option<String> = if bounds.is_empty() {
+                    sqlx::query_scalar("SELECT bounds FROM fanout_plans WHERE task_id = $1")
+                        .bind(task_id)
+                        .fetch_optional(self.writer())
+                        .await?
+                } else {
+                    sqlx::query_scalar(
+                        "INSERT INTO fanout_plans (task_id, bounds) VALUES ($1, $2) \
+                         ON CONFLICT (task_id) DO UPDATE SET bounds = fanout_plans.bounds RETURNING bounds",
+                    )
                     .bind(task_id)
                     .bind(serde_json::to_string(&bounds).map_err(anyhow::Error::from)?)
-                    .execute(self.writer())
-                    .await?;
-                // Another process may have planned it first: its plan is the one.
-                let bounds = stored().await?.unwrap_or_default();
-                Ok(serde_json::from_str(&bounds).map_err(anyhow::Error::from)?)
+                    .fetch_optional(self.writer())
+                    .await?
+                };
+                match kept {
+                    Some(kept) => Ok(serde_json::from_str(&kept).map_err(anyhow::Error::from)?),
+                    None => Ok(bounds),
+                }
             }
 
             async fn complete_task(&self, task_id: i64) -> Result<()> {
