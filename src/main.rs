@@ -248,6 +248,16 @@ fn plugin_command(command: &PluginCommand) -> anyhow::Result<()> {
             serde_json::to_value(cli::run(&settings(config_file)?, &args)?)?
         }
     };
-    println!("{}", serde_json::to_string_pretty(&output)?);
-    Ok(())
+    print_or_quit(&serde_json::to_string_pretty(&output)?)
+}
+
+/// Prints a CLI result. A reader that went away (`herald plugin run … | head`) ends the
+/// command quietly instead of panicking in `println!`.
+fn print_or_quit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
