@@ -506,3 +506,78 @@ fn message_rows_json(records: &[MessageRecord]) -> Result<String> {
         .map_err(anyhow::Error::from)?;
     Ok(serde_json::Value::Array(rows).to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{At, Content, Sender, Text};
+
+    fn message(id: i64, org: OrgId, conversation: ConversationId, key: &str) -> Message {
+        Message {
+            id: MessageId(id),
+            org_id: org,
+            conversation_id: conversation,
+            sender: Sender {
+                id: "1".into(),
+                kind: SenderKind::User,
+                name: "admin".into(),
+            },
+            content: Content::Text(Text {
+                content: format!("message {id}"),
+            }),
+            at: At::default(),
+            thread_key: None,
+            dedupe_key: Some(key.into()),
+            recalled: false,
+            created_at_ms: 1,
+        }
+    }
+
+    /// A group commit whose statement fails leaves nothing behind (its dedupe claim is rolled
+    /// back with it) and the writer connection keeps working: the one-command transaction is
+    /// closed before the connection goes back to the pool.
+    #[tokio::test]
+    async fn a_failed_group_commit_rolls_back_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::defaults();
+        config.data_dir = dir.path().to_path_buf();
+        let store = SqliteStore::open(&config).await.unwrap();
+        let org = store.bootstrap().await.unwrap().default_org.id;
+        let admin = store.find_user(org, "admin").await.unwrap().id;
+        let conversation = store
+            .create_conversation(&NewConversation {
+                org_id: org,
+                kind: ConversationKind::Group,
+                title: "g".into(),
+                owner_id: admin,
+                members: vec![admin],
+                bot: None,
+            })
+            .await
+            .unwrap()
+            .id;
+        let first = message(10, org, conversation, "a");
+        assert_eq!(
+            store.enqueue_message_impl(&first).await.unwrap(),
+            Enqueued::New(MessageId(10))
+        );
+        // Same message id, new key: the dedupe claim succeeds, the message insert fails.
+        let clash = message(10, org, conversation, "b");
+        assert!(store.enqueue_message_impl(&clash).await.is_err());
+        assert_eq!(
+            store.dedupe_lookup(conversation, "b").await.unwrap(),
+            None,
+            "the failed group's dedupe claim was rolled back"
+        );
+        let next = message(11, org, conversation, "b");
+        assert_eq!(
+            store.enqueue_message_impl(&next).await.unwrap(),
+            Enqueued::New(MessageId(11))
+        );
+        let again = message(12, org, conversation, "a");
+        assert_eq!(
+            store.enqueue_message_impl(&again).await.unwrap(),
+            Enqueued::Duplicate(MessageId(10))
+        );
+    }
+}
