@@ -1,5 +1,5 @@
 //! What every version of the bot world shares, written once: the host functions (the adapter
-//! world's, with its limits) and the conversation event built from the callback body. Each
+//! world's, with its limits), `call` and the conversation event built from the callback body. Each
 //! version's bindings have their own (identical) types, so these are macros expanded inside
 //! each version's module, beside its `bindgen!`.
 
@@ -37,6 +37,33 @@ macro_rules! bot_world_host {
 }
 
 /// `event(payload)`: the world's `conversation-event` from the callback body an HTTP bot gets.
+/// `call` for one world version; `$guest` is its `Guest` variant.
+macro_rules! bot_world_call {
+    ($guest:ident) => {
+        /// Runs `on-event` in a fresh instance, within the deadline and the memory cap.
+        /// `payload` is the delivery's callback body, the JSON an HTTP bot would be sent.
+        pub fn call(
+            runtime: &Runtime,
+            compiled: &Compiled,
+            state: HostState,
+            payload: &str,
+        ) -> Result<Vec<BotReply>, PluginError> {
+            let Guest::$guest(pre) = &compiled.guest else {
+                return Err(wrong_world(compiled, WORLD));
+            };
+            let event = event(payload).map_err(|e| PluginError::Internal(anyhow::anyhow!(e)))?;
+            let mut store = runtime.store(state);
+            let result = pre
+                .instantiate(&mut store)
+                .and_then(|bot| bot.call_on_event(&mut store, &event));
+            match result {
+                Ok(messages) => replies(messages),
+                Err(e) => Err(runtime.classify(e, store.data())),
+            }
+        }
+    };
+}
+
 macro_rules! event_from_callback {
     () => {
         /// The event record, from the callback body (`outgoing::payload::build`).

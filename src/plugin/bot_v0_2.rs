@@ -26,27 +26,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
 
 bot_world_host!();
 
-/// Runs `on-event` in a fresh instance, within the deadline and the memory cap. `payload` is
-/// the delivery's callback body, the JSON an HTTP bot would be sent.
-pub fn call(
-    runtime: &Runtime,
-    compiled: &Compiled,
-    state: HostState,
-    payload: &str,
-) -> Result<Vec<BotReply>, PluginError> {
-    let Guest::Bot02(pre) = &compiled.guest else {
-        return Err(wrong_world(compiled, WORLD));
-    };
-    let event = event(payload).map_err(|e| PluginError::Internal(anyhow::anyhow!(e)))?;
-    let mut store = runtime.store(state);
-    let result = pre
-        .instantiate(&mut store)
-        .and_then(|bot| bot.call_on_event(&mut store, &event));
-    match result {
-        Ok(messages) => replies(messages),
-        Err(e) => Err(runtime.classify(e, store.data())),
-    }
-}
+bot_world_call!(Bot02);
 
 event_from_callback!();
 
