@@ -348,6 +348,21 @@ impl Server {
         .await
     }
 
+    /// Maps one external name (a forge login, an e-mail, an alert label) to a member through
+    /// `PUT /api/v1/mention-map`, asserting it is accepted.
+    pub async fn map_mention(&self, admin: &str, source: &str, external: &str, user: &str) {
+        let entry = json!({"source": source, "external": external, "user_id": user});
+        let (status, body) = self
+            .call(
+                reqwest::Method::PUT,
+                admin,
+                "/api/v1/mention-map",
+                Some(json!({"entries": [entry]})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
     /// Every event after `since`, following `has_more`.
     pub async fn sync_all(&self, token: &str, since: i64) -> Vec<Value> {
         let mut events = Vec::new();

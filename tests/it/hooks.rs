@@ -74,16 +74,9 @@ async fn pull_request_life_is_one_card_and_a_thread(backend: Backend) {
     let group = server.create_group(&admin, "dev", &octo).await;
     let robot = robot(&server, &admin, &group, "github").await;
     // The reviewer's GitHub login means this member.
-    let entry = json!({"source": "github", "external": "octocat", "user_id": octo[0]});
-    let (status, map) = server
-        .call(
-            reqwest::Method::PUT,
-            &admin,
-            "/api/v1/mention-map",
-            Some(json!({"entries": [entry]})),
-        )
+    server
+        .map_mention(&admin, "github", "octocat", &octo[0])
         .await;
-    assert_eq!(status, StatusCode::OK, "{map}");
     let bad = json!({"entries": [{"source": "jira", "external": "x", "user_id": octo[0]}]});
     let (status, _) = server
         .call(

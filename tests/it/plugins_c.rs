@@ -56,16 +56,9 @@ async fn sentry_plugin_end_to_end(backend: Backend) {
     let wasm = std::fs::read(crate::plugins_py::built("sentry")).expect("wasm");
     let plugin = register(&server, &admin, "sentry", "1.0.0", wasm).await;
     // The plugin's mention hints (Sentry assignees' e-mails) map to members like forge logins.
-    let entry = json!({"source": "plugin", "external": "mei.lin@example.com", "user_id": users[0]});
-    let (status, body) = server
-        .call(
-            reqwest::Method::PUT,
-            &admin,
-            "/api/v1/mention-map",
-            Some(json!({"entries": [entry]})),
-        )
+    server
+        .map_mention(&admin, "plugin", "mei.lin@example.com", &users[0])
         .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
     let secret = "test-client-secret";
     let robot = plugin_robot(
         &server,

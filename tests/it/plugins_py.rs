@@ -75,16 +75,9 @@ async fn jenkins_plugin_end_to_end(backend: Backend) {
     let wasm = std::fs::read(built("jenkins")).expect("wasm");
     let plugin = register(&server, &admin, "jenkins", "1.0.0", wasm).await;
     // Jenkins culprits (user ids) map to members like forge logins.
-    let entry = json!({"source": "plugin", "external": "mei.lin", "user_id": users[0]});
-    let (status, body) = server
-        .call(
-            reqwest::Method::PUT,
-            &admin,
-            "/api/v1/mention-map",
-            Some(json!({"entries": [entry]})),
-        )
+    server
+        .map_mention(&admin, "plugin", "mei.lin", &users[0])
         .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
     let token = "jenkins-endpoint-token";
     let robot = plugin_robot(&server, &admin, &group, &plugin, json!({"token": token})).await;
 
