@@ -9,13 +9,29 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::model::{Content, Event, EventKind, Message};
-use crate::store::{ChunkJob, ChunkOutcome, MessageRecord, QueuedTask, StoreError, Task};
+use crate::store::{
+    ChunkJob, ChunkOutcome, ChunkPlan, Follower, MessageRecord, QueuedTask, StoreError, Task,
+};
 use crate::{clock, AppState};
 
-/// Processes one queued task. Safe to run again after a crash at any point.
-pub async fn fan_out(app: &AppState, queued: &QueuedTask) -> Result<(), StoreError> {
+/// The most new messages to one large group written together with the one at the queue's head
+/// (see `ChunkPlan`): enough to amortize the pts counter updates over a burst, few enough that
+/// one chunk's transaction stays bounded (`chunk_size` members × 16 rows).
+const MAX_RUN_FOLLOWERS: i64 = 15;
+
+/// Processes one queued task (with the run of messages riding with it, if it has one). Safe
+/// to run again after a crash at any point. Returns the ids of the tasks that rode with it,
+/// finished with it.
+pub async fn fan_out(app: &AppState, queued: &QueuedTask) -> Result<Vec<i64>, StoreError> {
     let plan = Plan::of(&queued.task);
-    let bounds = chunk_bounds(app, queued, plan.conversation_id()).await?;
+    let chunk_plan = chunk_plan(app, queued, plan.conversation_id()).await?;
+    let followers = followers_of(&chunk_plan)?;
+    let follower_plans: Vec<Plan> = chunk_plan
+        .followers
+        .iter()
+        .map(|f| Plan::of(&f.task))
+        .collect();
+    let bounds = &chunk_plan.bounds;
     let chunks = bounds.len() as u32 + 1;
     let waker = Waker::new(app);
     let job = |chunk: u32| {
@@ -23,7 +39,9 @@ pub async fn fan_out(app: &AppState, queued: &QueuedTask) -> Result<(), StoreErr
             .checked_sub(1)
             .map_or(i64::MIN, |i| bounds[i as usize]);
         let end = bounds.get(chunk as usize).copied().unwrap_or(i64::MAX);
-        plan.job(queued.id, (chunk, chunks), (first, end), waker.listening)
+        let mut job = plan.job(queued.id, (chunk, chunks), (first, end), waker.listening);
+        job.followers = &followers;
+        job
     };
     // Chunk 0 may have queued bot deliveries (see `outgoing`).
     if chunks == 1 {
@@ -31,16 +49,17 @@ pub async fn fan_out(app: &AppState, queued: &QueuedTask) -> Result<(), StoreErr
         let outcome = app.store.fan_out_chunk(&job).await?;
         waker.wake(&plan, &job, &outcome);
         wake_outgoing_if(app, outcome.bot_events);
-        return Ok(());
+        return Ok(Vec::new());
     }
     let parallel = app.config.fanout.parallel_chunks as usize;
     stream::iter(0..chunks)
         .map(|chunk| {
             let job = job(chunk);
-            let (plan, waker) = (&plan, &waker);
+            let (plan, waker, follower_plans) = (&plan, &waker, &follower_plans);
             async move {
                 let outcome = app.store.fan_out_chunk(&job).await?;
                 waker.wake(plan, &job, &outcome);
+                waker.wake_followers(follower_plans, &job, &outcome);
                 Ok::<_, StoreError>(outcome.bot_events)
             }
         })
@@ -48,7 +67,32 @@ pub async fn fan_out(app: &AppState, queued: &QueuedTask) -> Result<(), StoreErr
         .try_fold(false, |any, queued| async move { Ok(any || queued) })
         .await
         .map(|queued| wake_outgoing_if(app, queued))?;
-    app.store.complete_task(queued.id).await
+    if !followers.is_empty() {
+        tracing::debug!(
+            task = queued.id,
+            followers = followers.len(),
+            "fanned out a run"
+        );
+    }
+    app.store.complete_task(&job(0).run_task_ids()).await?;
+    Ok(followers.iter().map(|f| f.task_id).collect())
+}
+
+/// The run's messages, as the chunk jobs carry them.
+fn followers_of(plan: &ChunkPlan) -> Result<Vec<Follower<'_>>, StoreError> {
+    plan.followers
+        .iter()
+        .map(|queued| match &queued.task {
+            Task::Post { message } => Ok(Follower {
+                task_id: queued.id,
+                message,
+            }),
+            Task::Announce { .. } => Err(StoreError::Other(anyhow::anyhow!(
+                "task {} rides in a run but is not a new message",
+                queued.id
+            ))),
+        })
+        .collect()
 }
 
 /// Whether a task can share a transaction with others: a new message to a group small enough
@@ -114,22 +158,37 @@ impl<'a> Waker<'a> {
             hub.wake_if_subscribed_since(self.generation);
         }
     }
+
+    /// Hands live connections the followers' events too (`wake` already woke everyone the
+    /// chunk wrote to).
+    fn wake_followers(&self, plans: &[Plan<'_>], job: &ChunkJob<'_>, outcome: &ChunkOutcome) {
+        for (plan, member_pts) in plans.iter().zip(&outcome.follower_pts) {
+            if let Some(event) = plan.event(job.now_ms) {
+                self.app.hub.remember(&Arc::new(event), member_pts);
+            }
+        }
+    }
 }
 
-/// Where a task's chunks start: none for a group that fits one chunk, else the plan its
-/// first run stored (a task keeps its split even if the group shrinks or grows meanwhile).
-async fn chunk_bounds(
+/// Where a task's chunks start (none for a group that fits one chunk) and the messages that
+/// ride with it: the plan its first run stored (a task keeps its split even if the group
+/// shrinks or grows meanwhile).
+async fn chunk_plan(
     app: &AppState,
     queued: &QueuedTask,
     conversation: crate::ids::ConversationId,
-) -> Result<Vec<i64>, StoreError> {
+) -> Result<ChunkPlan, StoreError> {
     let chunks = chunk_count(&app.config, queued.members);
     if !queued.planned && chunks == 1 {
-        return Ok(Vec::new());
+        return Ok(ChunkPlan::default());
     }
     let per_chunk = div_ceil(queued.members.max(1), chunks);
+    let max_followers = match queued.task {
+        Task::Post { .. } => MAX_RUN_FOLLOWERS,
+        Task::Announce { .. } => 0,
+    };
     app.store
-        .chunk_plan(queued.id, conversation, per_chunk)
+        .chunk_plan(queued.id, conversation, per_chunk, max_followers)
         .await
 }
 
@@ -213,6 +272,7 @@ impl<'a> Plan<'a> {
             also_notify: self.also_notify,
             want_recipients,
             now_ms: clock::now_ms(),
+            followers: &[],
         }
     }
 

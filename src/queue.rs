@@ -80,7 +80,7 @@ async fn run_round(app: &AppState, lane: u32) -> Result<bool, crate::store::Stor
     let mut round = Round::default();
     for task in &tasks {
         let conversation = task.task.conversation_id();
-        if round.blocked.contains(&conversation) {
+        if round.blocked.contains(&conversation) || round.rode_along.contains(&task.id) {
             continue;
         }
         if task.run_at_ms > now {
@@ -108,6 +108,8 @@ struct Round<'a> {
     batch: Vec<&'a QueuedTask>,
     batch_members: i64,
     blocked: HashSet<ConversationId>,
+    /// Tasks already written as part of an earlier task's run (see `fanout::fan_out`).
+    rode_along: HashSet<i64>,
     progressed: bool,
 }
 
@@ -142,7 +144,10 @@ impl<'a> Round<'a> {
             return Ok(());
         }
         match fanout::fan_out(app, task).await {
-            Ok(()) => self.progressed = true,
+            Ok(followers) => {
+                self.progressed = true;
+                self.rode_along.extend(followers);
+            }
             Err(e) => {
                 tracing::warn!(task.id = task.id, attempts = task.attempts, error = %e, "fanout failed; will retry");
                 self.blocked.insert(conversation);

@@ -192,6 +192,16 @@ pub struct ChunkJob<'a> {
     /// Whether to return who received the event (only worth it when someone is listening).
     pub want_recipients: bool,
     pub now_ms: i64,
+    /// New messages queued right behind this one to the same group, written in the same
+    /// statements (a run: see `ChunkPlan`). Only multi-chunk `Post` jobs have followers.
+    pub followers: &'a [Follower<'a>],
+}
+
+/// A message that rides in its head task's fanout.
+#[derive(Debug, Clone)]
+pub struct Follower<'a> {
+    pub task_id: i64,
+    pub message: &'a MessageRecord,
 }
 
 impl ChunkJob<'_> {
@@ -199,6 +209,48 @@ impl ChunkJob<'_> {
     pub fn finishes_task(&self) -> bool {
         self.chunks == 1
     }
+
+    /// The same chunk seen as the job of follower `i`: what the per-message hooks (outgoing
+    /// bots) need, written in the head's transaction.
+    pub fn as_follower(&self, i: usize) -> ChunkJob<'_> {
+        let follower = &self.followers[i];
+        ChunkJob {
+            task_id: follower.task_id,
+            ref_id: follower.message.id.0,
+            new_message: Some(follower.message),
+            also_notify: &[],
+            followers: &[],
+            ..self.clone()
+        }
+    }
+
+    /// The message ids of a run, head first.
+    pub fn run_refs(&self) -> Vec<i64> {
+        std::iter::once(self.ref_id)
+            .chain(self.followers.iter().map(|f| f.message.id.0))
+            .collect()
+    }
+
+    /// The task ids of a run, head first.
+    pub fn run_task_ids(&self) -> Vec<i64> {
+        std::iter::once(self.task_id)
+            .chain(self.followers.iter().map(|f| f.task_id))
+            .collect()
+    }
+}
+
+/// How a multi-chunk task is written, fixed by its first run and kept for every later one: the
+/// first user id of each chunk after the first, and the run of new messages to the same group
+/// queued right behind it, written with it chunk by chunk. A run bumps each member's pts
+/// counter once for all its messages instead of once per message: for a large group the
+/// counter update costs about as much as the inbox rows themselves.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkPlan {
+    pub bounds: Vec<i64>,
+    /// In queue order; each also has its own plan row (the same bounds, no followers) and its
+    /// own progress marks, so if the head is ever set aside, a follower that becomes a head
+    /// skips the chunks already written for it.
+    pub followers: Vec<QueuedTask>,
 }
 
 /// The result of one chunk: whether it wrote anything (false when an earlier run already did)
@@ -210,6 +262,8 @@ pub struct ChunkOutcome {
     /// The members written to and the pts each got (when recipients were asked for), so
     /// live connections can be handed the event without reading it back.
     pub member_pts: Vec<(UserId, i64)>,
+    /// The same for each of the job's followers, in order.
+    pub follower_pts: Vec<Vec<(UserId, i64)>>,
     /// Outgoing-bot deliveries were queued with this write: the outgoing worker must look.
     pub bot_events: bool,
 }
@@ -334,17 +388,20 @@ pub trait CoreStore: Send + Sync + 'static {
     /// Writes several single-chunk `message.created` jobs (in queue order) in one transaction,
     /// each as `fan_out_chunk` would; the outcomes line up with `jobs`.
     async fn fan_out_batch(&self, jobs: &[ChunkJob<'_>]) -> Result<Vec<ChunkOutcome>>;
-    /// How a multi-chunk task splits its members: the first user id of each chunk after the
-    /// first (every `per_chunk`-th member in user-id order), as decided by its first run and
-    /// kept for every later run. Empty when the group fits one chunk.
+    /// How a multi-chunk task splits its members (the first user id of each chunk after the
+    /// first: every `per_chunk`-th member in user-id order) and which of the `Post` tasks queued
+    /// right behind it (at most `max_followers`) ride with it, as decided by its first run and
+    /// kept for every later run. No bounds when the group fits one chunk.
     async fn chunk_plan(
         &self,
         task_id: i64,
         conversation: ConversationId,
         per_chunk: i64,
-    ) -> Result<Vec<i64>>;
-    /// Removes a finished multi-chunk task and its progress marks.
-    async fn complete_task(&self, task_id: i64) -> Result<()>;
+        max_followers: i64,
+    ) -> Result<ChunkPlan>;
+    /// Removes a finished multi-chunk task (and its followers) with their plans and progress
+    /// marks.
+    async fn complete_task(&self, task_ids: &[i64]) -> Result<()>;
     /// Puts a failed task back for a later attempt, or aside after too many.
     async fn retry_task(&self, task_id: i64, run_at_ms: i64, error: &str) -> Result<()>;
     async fn pending_tasks(&self) -> Result<i64>;
@@ -467,8 +524,57 @@ pub(crate) fn batch_outcomes(
                 applied: true,
                 recipients: member_pts.iter().map(|(user, _)| *user).collect(),
                 member_pts,
+                follower_pts: Vec::new(),
                 bot_events,
             }
         })
         .collect()
+}
+
+/// A `ChunkPlan` as `fanout_plans.bounds` holds it: `{"bounds":[…],"followers":[…]}`, or the
+/// bare bounds array that plans stored before runs existed.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct StoredPlan {
+    pub bounds: Vec<i64>,
+    #[serde(default)]
+    pub followers: Vec<i64>,
+}
+
+impl StoredPlan {
+    pub(crate) fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "[]".into())
+    }
+
+    pub(crate) fn parse(text: &str) -> Result<StoredPlan> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Plan(StoredPlan),
+            Bounds(Vec<i64>),
+        }
+        match serde_json::from_str(text).map_err(|e| anyhow::anyhow!("fanout plan: {e}"))? {
+            Either::Plan(plan) => Ok(plan),
+            Either::Bounds(bounds) => Ok(StoredPlan {
+                bounds,
+                followers: Vec::new(),
+            }),
+        }
+    }
+}
+
+/// A run's written `(user, pts, message)` rows as the pts per message: the head's, then each
+/// follower's (`refs` is the run's message ids, head first).
+pub(crate) fn split_run_pts(
+    refs: &[i64],
+    written: Vec<(i64, i64, i64)>,
+) -> (Vec<(UserId, i64)>, Vec<Vec<(UserId, i64)>>) {
+    let mut per_message: Vec<Vec<(UserId, i64)>> = vec![Vec::new(); refs.len()];
+    for (user, pts, message) in written {
+        if let Some(k) = refs.iter().position(|r| *r == message) {
+            per_message[k].push((UserId(user), pts));
+        }
+    }
+    let followers = per_message.split_off(1.min(per_message.len()));
+    let head = per_message.pop().unwrap_or_default();
+    (head, followers)
 }

@@ -32,6 +32,10 @@ pub struct PgStore {
 }
 
 impl PgStore {
+    /// Locks the rows a `SELECT` reads against concurrent deletes until commit (PostgreSQL;
+    /// SQLite has one writer, which already excludes them).
+    const FOR_SHARE: &'static str = " FOR SHARE";
+
     /// Claims the message's dedupe key (if any) and queues its Post task inside `tx`;
     /// the caller commits.
     async fn enqueue_in(
@@ -228,12 +232,37 @@ impl PgStore {
             // Written at enqueue; this covers tasks queued by versions that wrote it here.
             Self::insert_message_tx(&mut tx, message, job.now_ms).await?;
         }
+        for follower in job.followers {
+            Self::insert_message_tx(&mut tx, follower.message, job.now_ms).await?;
+        }
         sqlx::query(
             "SELECT set_config('enable_hashjoin', 'off', true), \
                     set_config('enable_mergejoin', 'off', true)",
         )
         .execute(&mut *tx)
         .await?;
+        if !job.followers.is_empty() {
+            let (member_pts, follower_pts) = Self::fan_out_run_tx(&mut tx, job).await?;
+            let recipients: std::collections::BTreeSet<UserId> = member_pts
+                .iter()
+                .chain(follower_pts.iter().flatten())
+                .map(|(user, _)| *user)
+                .collect();
+            let recipients = recipients.into_iter().collect();
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(INBOX_CHANNEL)
+                .bind(self.inbox_notice(job))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(ChunkOutcome {
+                applied: true,
+                recipients,
+                member_pts,
+                follower_pts,
+                bot_events,
+            });
+        }
         let sql = format!(
             "WITH recipients AS MATERIALIZED ( \
                SELECT m.user_id FROM members m \
@@ -278,8 +307,58 @@ impl PgStore {
             applied: true,
             recipients,
             member_pts,
+            follower_pts: Vec::new(),
             bot_events,
         })
+    }
+
+    /// A run's chunk: each recipient's counter is bumped once, by the number of the run's
+    /// messages they get, and their rows take the bumped values in queue order. A member gets
+    /// the messages queued from the task that added them on (`joined_task`), always a tail of
+    /// the run, so message `k` of `K` lands at `pts - K + k` for every recipient. Returns the
+    /// written pts per message (head, then followers) when recipients were asked for.
+    async fn fan_out_run_tx(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        job: &ChunkJob<'_>,
+    ) -> Result<(Vec<(UserId, i64)>, Vec<Vec<(UserId, i64)>>)> {
+        let refs = job.run_refs();
+        let tasks = job.run_task_ids();
+        let sql = format!(
+            "WITH items AS (SELECT i.ref, i.task, i.k FROM unnest($5::bigint[], $7::bigint[]) \
+               WITH ORDINALITY AS i(ref, task, k)), \
+             recipients AS MATERIALIZED ( \
+               SELECT m.user_id, m.joined_task, \
+                 CASE WHEN m.joined_task <= $9 THEN $8::bigint \
+                      ELSE (SELECT COUNT(*) FROM items WHERE items.task >= m.joined_task) END AS n \
+               FROM members m \
+               WHERE m.conversation_id = $1 AND m.user_id >= $2 AND m.user_id < $3 AND m.joined_task <= $10 \
+               ORDER BY m.user_id), \
+             bumped AS ( \
+               UPDATE user_pts p SET pts = p.pts + r.n FROM recipients r WHERE p.user_id = r.user_id \
+               RETURNING p.user_id, p.pts, r.joined_task) \
+             INSERT INTO inbox (user_id, pts, kind, conversation_id, ref_id, created_at) \
+             SELECT b.user_id, b.pts - $8::bigint + i.k, $4, $1, i.ref, $6 \
+             FROM bumped b JOIN items i ON i.task >= b.joined_task {}",
+            if job.want_recipients {
+                "RETURNING user_id, pts, ref_id"
+            } else {
+                ""
+            }
+        );
+        let written: Vec<(i64, i64, i64)> = sqlx::query_as(&sql)
+            .bind(job.conversation_id.0)
+            .bind(job.first_user)
+            .bind(job.end_user)
+            .bind(job.kind.code() as i32)
+            .bind(&refs)
+            .bind(job.now_ms)
+            .bind(&tasks)
+            .bind(refs.len() as i64)
+            .bind(job.task_id)
+            .bind(tasks.last().copied().unwrap_or(job.task_id))
+            .fetch_all(&mut **tx)
+            .await?;
+        Ok(split_run_pts(&refs, written))
     }
 
     /// Retries a batch that lost a lock conflict, like a single chunk.

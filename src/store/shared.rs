@@ -228,21 +228,107 @@ macro_rules! shared_store_impl {
                         .await?
                         .rows_affected()
                 } else {
-                    sqlx::query(
-                        "INSERT INTO fanout_progress (task_id, chunk) VALUES ($1, $2) \
-                         ON CONFLICT (task_id, chunk) DO NOTHING",
-                    )
-                    .bind(job.task_id)
+                    // A run marks the chunk done for each of its tasks (see `ChunkPlan`), all
+                    // or none. A task that is gone was finished (by an earlier run, or as a
+                    // follower in another task's run) and its marks removed: writing now would
+                    // repeat it. The row lock keeps it from being finished while this commits.
+                    let marked: Vec<i64> = sqlx::query_scalar(&format!(
+                        "INSERT INTO fanout_progress (task_id, chunk) SELECT r.id, $2 FROM ({}) AS r \
+                         WHERE EXISTS (SELECT 1 FROM tasks WHERE id = $3{}) \
+                         ON CONFLICT (task_id, chunk) DO NOTHING RETURNING task_id",
+                        Self::ids_from("$1"),
+                        Self::FOR_SHARE
+                    ))
+                    .bind(serde_json::to_string(&job.run_task_ids()).map_err(anyhow::Error::from)?)
                     .bind(job.chunk as i64)
-                    .execute(&mut **tx)
-                    .await?
-                    .rows_affected()
+                    .bind(job.task_id)
+                    .fetch_all(&mut **tx)
+                    .await?;
+                    u64::from(marked.contains(&job.task_id))
                 };
                 if affected != 1 {
                     return Ok(None);
                 }
                 // Outgoing bots: queue their deliveries in this same transaction.
-                Ok(Some(Self::enqueue_bot_events_tx(tx, job).await?))
+                let mut queued = Self::enqueue_bot_events_tx(tx, job).await?;
+                for i in 0..job.followers.len() {
+                    queued |= Self::enqueue_bot_events_tx(tx, &job.as_follower(i)).await?;
+                }
+                Ok(Some(queued))
+            }
+
+            /// The new messages queued right behind `head` in its conversation that can ride in
+            /// its fanout: the unbroken sequence of first-attempt `Post` tasks that are due.
+            /// Anything else (a recall, a member change, a retry) ends the run, so every event
+            /// keeps its place in the conversation's order.
+            async fn follower_candidates(
+                pool: &sqlx::Pool<$db>,
+                conversation: ConversationId,
+                head: i64,
+                max_followers: i64,
+            ) -> Result<Vec<i64>> {
+                if max_followers <= 0 {
+                    return Ok(Vec::new());
+                }
+                let rows = sqlx::query(
+                    "SELECT id, payload, attempts, run_at FROM tasks WHERE conversation_id = $1 AND id > $2 \
+                     ORDER BY id LIMIT $3",
+                )
+                .bind(conversation.0)
+                .bind(head)
+                .bind(max_followers)
+                .fetch_all(pool)
+                .await?;
+                let now = clock::now_ms();
+                let mut followers = Vec::new();
+                for row in &rows {
+                    let payload: &str = row.try_get("payload")?;
+                    let attempts: i64 = row.try_get("attempts")?;
+                    let run_at: i64 = row.try_get("run_at")?;
+                    let is_post = serde_json::from_str::<Task>(payload)
+                        .is_ok_and(|task| matches!(task, Task::Post { .. }));
+                    if !is_post || attempts > 0 || run_at > now {
+                        break;
+                    }
+                    followers.push(row.try_get("id")?);
+                }
+                Ok(followers)
+            }
+
+            /// The queued tasks `ids`, in id order; all must still be queued.
+            async fn queued_tasks(pool: &sqlx::Pool<$db>, ids: &[i64]) -> Result<Vec<QueuedTask>> {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let rows = sqlx::query(&format!(
+                    "SELECT id, payload, attempts, run_at FROM tasks WHERE id IN ({}) ORDER BY id",
+                    Self::ids_from("$1")
+                ))
+                .bind(serde_json::to_string(ids).map_err(anyhow::Error::from)?)
+                .fetch_all(pool)
+                .await?;
+                if rows.len() != ids.len() {
+                    return Err(anyhow::anyhow!(
+                        "{} of the run's {} followers are no longer queued",
+                        ids.len() - rows.len(),
+                        ids.len()
+                    )
+                    .into());
+                }
+                rows.iter()
+                    .map(|row| {
+                        let payload: &str = row.try_get("payload")?;
+                        Ok(QueuedTask {
+                            id: row.try_get("id")?,
+                            task: serde_json::from_str(payload)
+                                .map_err(|e| anyhow::anyhow!("task payload: {e}"))?,
+                            attempts: row.try_get("attempts")?,
+                            run_at_ms: row.try_get("run_at")?,
+                            members: 0,
+                            planned: true,
+                        })
+                    })
+                    .collect()
             }
 
             /// Inserts the message of a `Post` task unless an earlier run already did.
@@ -855,7 +941,13 @@ macro_rules! shared_store_impl {
                 self.watch_inbox_impl().await
             }
 
-            async fn chunk_plan(&self, task_id: i64, conversation: ConversationId, per_chunk: i64) -> Result<Vec<i64>> {
+            async fn chunk_plan(
+                &self,
+                task_id: i64,
+                conversation: ConversationId,
+                per_chunk: i64,
+                max_followers: i64,
+            ) -> Result<ChunkPlan> {
                 let bounds: Vec<i64> = sqlx::query_scalar(
                     // Each bound is `per_chunk` members past the previous one: one walk along
                     // the members index, no sort.
@@ -881,33 +973,50 @@ macro_rules! shared_store_impl {
                         .fetch_optional(self.writer())
                         .await?
                 } else {
+                    let followers = Self::follower_candidates(self.writer(), conversation, task_id, max_followers).await?;
+                    let ours = StoredPlan { bounds, followers };
                     sqlx::query_scalar(
                         "INSERT INTO fanout_plans (task_id, bounds) VALUES ($1, $2) \
                          ON CONFLICT (task_id) DO UPDATE SET bounds = fanout_plans.bounds RETURNING bounds",
                     )
                     .bind(task_id)
-                    .bind(serde_json::to_string(&bounds).map_err(anyhow::Error::from)?)
+                    .bind(ours.to_json())
                     .fetch_optional(self.writer())
                     .await?
                 };
-                match kept {
-                    Some(kept) => Ok(serde_json::from_str(&kept).map_err(anyhow::Error::from)?),
-                    None => Ok(bounds),
+                let Some(kept) = kept else {
+                    return Ok(ChunkPlan::default());
+                };
+                let kept = StoredPlan::parse(&kept)?;
+                if !kept.followers.is_empty() {
+                    // Each follower keeps the same split under its own id (idempotent, so a
+                    // run that stopped between the two writes completes it).
+                    let single = StoredPlan { bounds: kept.bounds.clone(), followers: Vec::new() };
+                    sqlx::query(&format!(
+                        "INSERT INTO fanout_plans (task_id, bounds) SELECT r.id, $2 FROM ({}) AS r WHERE true \
+                         ON CONFLICT (task_id) DO NOTHING",
+                        Self::ids_from("$1")
+                    ))
+                    .bind(serde_json::to_string(&kept.followers).map_err(anyhow::Error::from)?)
+                    .bind(single.to_json())
+                    .execute(self.writer())
+                    .await?;
                 }
+                let followers = Self::queued_tasks(self.writer(), &kept.followers).await?;
+                Ok(ChunkPlan { bounds: kept.bounds, followers })
             }
 
-            async fn complete_task(&self, task_id: i64) -> Result<()> {
+            async fn complete_task(&self, task_ids: &[i64]) -> Result<()> {
+                let ids = serde_json::to_string(task_ids).map_err(anyhow::Error::from)?;
                 let mut tx = self.writer().begin().await?;
-                sqlx::query("DELETE FROM fanout_plans WHERE task_id = $1")
-                    .bind(task_id)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("DELETE FROM tasks WHERE id = $1")
-                    .bind(task_id)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("DELETE FROM fanout_progress WHERE task_id = $1")
-                    .bind(task_id)
+                for table in ["fanout_plans", "fanout_progress"] {
+                    sqlx::query(&format!("DELETE FROM {table} WHERE task_id IN ({})", Self::ids_from("$1")))
+                        .bind(&ids)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sqlx::query(&format!("DELETE FROM tasks WHERE id IN ({})", Self::ids_from("$1")))
+                    .bind(&ids)
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;

@@ -39,6 +39,10 @@ struct PendingEnqueue {
 const GROUP_COMMIT_MAX: usize = 256;
 
 impl SqliteStore {
+    /// Locks the rows a `SELECT` reads against concurrent deletes until commit (PostgreSQL;
+    /// SQLite has one writer, which already excludes them).
+    const FOR_SHARE: &'static str = "";
+
     /// Opens (creating if needed) `herald.db` in the data directory and migrates it.
     pub async fn open(config: &Config) -> anyhow::Result<SqliteStore> {
         std::fs::create_dir_all(&config.data_dir)?;
@@ -163,6 +167,25 @@ impl SqliteStore {
             // Written at enqueue; this covers tasks queued by versions that wrote it here.
             Self::insert_message_tx(&mut tx, message, job.now_ms).await?;
         }
+        if !job.followers.is_empty() {
+            for follower in job.followers {
+                Self::insert_message_tx(&mut tx, follower.message, job.now_ms).await?;
+            }
+            let (member_pts, follower_pts) = Self::fan_out_run_tx(&mut tx, job).await?;
+            let recipients: std::collections::BTreeSet<UserId> = member_pts
+                .iter()
+                .chain(follower_pts.iter().flatten())
+                .map(|(user, _)| *user)
+                .collect();
+            tx.commit().await?;
+            return Ok(ChunkOutcome {
+                applied: true,
+                recipients: recipients.into_iter().collect(),
+                member_pts,
+                follower_pts,
+                bot_events,
+            });
+        }
         sqlx::query(
             "UPDATE user_pts SET pts = pts + 1 WHERE user_id IN \
              (SELECT user_id FROM members WHERE conversation_id = $1 AND user_id >= $2 AND user_id < $3 AND joined_task <= $4)",
@@ -202,8 +225,65 @@ impl SqliteStore {
             applied: true,
             recipients,
             member_pts,
+            follower_pts: Vec::new(),
             bot_events,
         })
+    }
+
+    /// A run's chunk, as on PostgreSQL: one bump per recipient by the number of the run's
+    /// messages they get (those queued from the task that added them on, a tail of the run),
+    /// so message `k` of `K` lands at `pts - K + k`. `$7` holds the run as `[[task, ref], …]`.
+    async fn fan_out_run_tx(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        job: &ChunkJob<'_>,
+    ) -> Result<(Vec<(UserId, i64)>, Vec<Vec<(UserId, i64)>>)> {
+        let refs = job.run_refs();
+        let tasks = job.run_task_ids();
+        let items: Vec<[i64; 2]> = tasks.iter().zip(&refs).map(|(t, r)| [*t, *r]).collect();
+        let items = serde_json::to_string(&items).map_err(anyhow::Error::from)?;
+        let count = refs.len() as i64;
+        let last = tasks.last().copied().unwrap_or(job.task_id);
+        sqlx::query(
+            "UPDATE user_pts SET pts = pts + ( \
+               SELECT CASE WHEN m.joined_task <= $4 THEN $5 \
+                 ELSE (SELECT COUNT(*) FROM json_each($6) i WHERE i.value ->> 0 >= m.joined_task) END \
+               FROM members m WHERE m.conversation_id = $1 AND m.user_id = user_pts.user_id) \
+             WHERE user_id IN (SELECT user_id FROM members WHERE conversation_id = $1 \
+               AND user_id >= $2 AND user_id < $3 AND joined_task <= $7)",
+        )
+        .bind(job.conversation_id.0)
+        .bind(job.first_user)
+        .bind(job.end_user)
+        .bind(job.task_id)
+        .bind(count)
+        .bind(&items)
+        .bind(last)
+        .execute(&mut **tx)
+        .await?;
+        let insert = format!(
+            "INSERT INTO inbox (user_id, pts, kind, conversation_id, ref_id, created_at) \
+             SELECT p.user_id, p.pts - $5 + i.key + 1, $4, $1, i.value ->> 1, $6 \
+             FROM members m JOIN user_pts p ON p.user_id = m.user_id \
+             JOIN json_each($7) i ON i.value ->> 0 >= m.joined_task \
+             WHERE m.conversation_id = $1 AND m.user_id >= $2 AND m.user_id < $3 AND m.joined_task <= $8 {}",
+            if job.want_recipients {
+                "RETURNING user_id, pts, ref_id"
+            } else {
+                ""
+            }
+        );
+        let written: Vec<(i64, i64, i64)> = sqlx::query_as(&insert)
+            .bind(job.conversation_id.0)
+            .bind(job.first_user)
+            .bind(job.end_user)
+            .bind(job.kind.code() as i32)
+            .bind(count)
+            .bind(job.now_ms)
+            .bind(&items)
+            .bind(last)
+            .fetch_all(&mut **tx)
+            .await?;
+        Ok(split_run_pts(&refs, written))
     }
 
     /// The batched form of `fan_out_chunk_impl` for new messages to small groups: tasks whose

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use reqwest::StatusCode;
+use serde_json::json;
 use sqlx::Row;
 
 use crate::harness::{assert_pts_gapless, on_both_backends, Backend, Server};
@@ -11,6 +12,7 @@ on_both_backends!(
     ten_thousand_members_get_one_row_each,
     overlapping_groups_fan_out_concurrently,
     batched_small_groups_keep_each_conversations_order,
+    a_burst_to_a_large_group_fans_out_in_runs,
 );
 
 const MEMBERS: usize = 10_000;
@@ -176,4 +178,205 @@ async fn batched_small_groups_keep_each_conversations_order(backend: Backend) {
         }
     }
     assert_pts_gapless(&db).await;
+}
+
+/// A burst to a group split into chunks: the messages queued behind the head ride in its
+/// fanout (a run) instead of one fanout each. Every member still gets each message exactly
+/// once, in each sender's order, with gapless pts; a member added mid-burst gets every message
+/// accepted after they were and none accepted before.
+async fn a_burst_to_a_large_group_fans_out_in_runs(backend: Backend) {
+    let config = "[fanout]\nlanes = 1\nchunk_size = 100\nmin_parallel_chunk = 100\n\
+                  [limits]\ngroup_messages_per_minute = 100000\nmin_group_messages_per_minute = 100000\n";
+    let server =
+        Server::start_logged(backend, config, Some("herald=warn,herald::fanout=debug")).await;
+    let admin = server.admin_token();
+    let ids = server.create_users(&admin, "r", 251).await;
+    let (members, newcomer) = ids.split_at(250);
+    let newcomer = &newcomer[0];
+    let group = server.create_group(&admin, "burst", members).await;
+    let db = server.db().await;
+    server.drain(&db).await;
+    let before = heads(&db).await;
+
+    const SENDERS: usize = 4;
+    const EACH: usize = 12;
+    let accepted_before_join = std::sync::Mutex::new(Vec::new());
+    let accepted_after_join = std::sync::Mutex::new(Vec::new());
+    // Messages answered before the join was sent must not reach the newcomer; messages sent
+    // after the join was answered must. Those in between may go either way.
+    let join_sent = std::sync::atomic::AtomicBool::new(false);
+    let is_joined = std::sync::atomic::AtomicBool::new(false);
+    let senders = (0..SENDERS).map(|s| {
+        let (server, admin, group) = (&server, &admin, &group);
+        let (before_join, after_join, join_sent, is_joined) = (
+            &accepted_before_join,
+            &accepted_after_join,
+            &join_sent,
+            &is_joined,
+        );
+        async move {
+            for i in 0..EACH {
+                let text = format!("s{s} m{i}");
+                let sent_after_join = is_joined.load(std::sync::atomic::Ordering::SeqCst);
+                let (status, body) = server.send_text(admin, group, &text).await;
+                assert_eq!(status, StatusCode::CREATED, "{body}");
+                let answered_before_join = !join_sent.load(std::sync::atomic::Ordering::SeqCst);
+                if sent_after_join {
+                    after_join.lock().unwrap().push(text);
+                } else if answered_before_join {
+                    before_join.lock().unwrap().push(text);
+                }
+            }
+        }
+    });
+    let joiner = async {
+        // Joins once the burst is under way.
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        join_sent.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (status, body) = server
+            .post(
+                &admin,
+                &format!("/api/v1/conversations/{group}/members"),
+                json!({"user_ids": [newcomer]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        is_joined.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    futures::future::join(futures::future::join_all(senders), joiner).await;
+    server.drain(&db).await;
+
+    for (n, id) in ids.iter().enumerate().step_by(25) {
+        let user: i64 = id.parse().unwrap();
+        let token = server.token_for(&admin, id).await;
+        let events = server
+            .sync_all(&token, before.get(&user).copied().unwrap_or(0))
+            .await;
+        let texts: Vec<&str> = events
+            .iter()
+            .filter_map(|e| e["message"]["text"]["content"].as_str())
+            .collect();
+        if id == newcomer {
+            for text in accepted_after_join.lock().unwrap().iter() {
+                assert!(texts.contains(&text.as_str()), "the newcomer misses {text}");
+            }
+            for text in accepted_before_join.lock().unwrap().iter() {
+                assert!(
+                    !texts.contains(&text.as_str()),
+                    "the newcomer got {text}, sent before they joined"
+                );
+            }
+        } else {
+            assert_eq!(
+                texts.len(),
+                SENDERS * EACH,
+                "member {n}: every message once"
+            );
+        }
+        let mut next = [0usize; SENDERS];
+        let mut seen = std::collections::HashSet::new();
+        for text in texts {
+            assert!(seen.insert(text), "member {n} got {text} twice");
+            let (s, i) = text.split_once(' ').unwrap();
+            let (s, i): (usize, usize) = (s[1..].parse().unwrap(), i[1..].parse().unwrap());
+            assert!(i >= next[s], "member {n}: sender {s} out of order");
+            next[s] = i + 1;
+        }
+    }
+    assert_pts_gapless(&db).await;
+    let plans: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM fanout_plans")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(plans, 0, "finished runs leave no plans behind");
+    assert!(
+        server.log().contains("fanned out a run"),
+        "the burst never formed a run: {}",
+        server.log()
+    );
+}
+
+/// PostgreSQL commits concurrent transactions out of id order, so a member can turn out to
+/// have joined (by task id) between a run's head and its last message. They get exactly the
+/// run's messages queued from their join on, at consecutive pts. The test stages that: a held
+/// row lock stalls one fanout while three more messages queue up behind it, then one member's
+/// join is moved between the second and the third.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_who_joined_mid_run_gets_its_tail() {
+    let config = "[fanout]\nlanes = 1\nchunk_size = 100\nmin_parallel_chunk = 100\n\
+                  [limits]\ngroup_messages_per_minute = 100000\nmin_group_messages_per_minute = 100000\n";
+    let server = Server::start_logged(
+        Backend::Postgres,
+        config,
+        Some("herald=warn,herald::fanout=debug"),
+    )
+    .await;
+    let admin = server.admin_token();
+    let ids = server.create_users(&admin, "j", 250).await;
+    let group = server.create_group(&admin, "mid-run", &ids).await;
+    let db = server.db().await;
+    server.drain(&db).await;
+    let before = heads(&db).await;
+    let (blocker, late) = (&ids[0], &ids[200]);
+
+    let mut lock = db.begin().await.unwrap();
+    sqlx::query(&format!(
+        "SELECT pts FROM user_pts WHERE user_id = {blocker} FOR UPDATE"
+    ))
+    .execute(&mut *lock)
+    .await
+    .unwrap();
+    for text in ["a", "b", "c", "d"] {
+        let (status, body) = server.send_text(&admin, &group, text).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    // "a" is stuck behind the lock; "b", "c" and "d" wait in the queue, "b" at its head.
+    let queued: Vec<i64> = sqlx::query_scalar("SELECT id FROM tasks ORDER BY id")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(
+        queued.len(),
+        4,
+        "all four are queued while the lock is held"
+    );
+    sqlx::query(&format!(
+        "UPDATE members SET joined_task = {} WHERE user_id = {late}",
+        queued[2]
+    ))
+    .execute(&db)
+    .await
+    .unwrap();
+    lock.rollback().await.unwrap();
+    server.drain(&db).await;
+
+    let texts = |events: Vec<serde_json::Value>| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| {
+                e["message"]["text"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let late_user: i64 = late.parse().unwrap();
+    let token = server.token_for(&admin, late).await;
+    let got = texts(server.sync_all(&token, before[&late_user]).await);
+    assert_eq!(
+        got,
+        ["a", "c", "d"],
+        "the late member gets the run's tail only"
+    );
+    let other: i64 = ids[100].parse().unwrap();
+    let token = server.token_for(&admin, &ids[100]).await;
+    let got = texts(server.sync_all(&token, before[&other]).await);
+    assert_eq!(got, ["a", "b", "c", "d"]);
+    assert_pts_gapless(&db).await;
+    assert!(
+        server.log().contains("fanned out a run"),
+        "b, c and d did not form a run: {}",
+        server.log()
+    );
 }

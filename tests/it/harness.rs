@@ -87,11 +87,22 @@ pub struct Server {
     dir: TempDir,
     database_url: Option<String>,
     config_path: PathBuf,
+    /// `HERALD_LOG` for this server, when a test reads its log.
+    log_filter: Option<String>,
 }
 
 impl Server {
     /// Starts herald with the given extra TOML config (merged over the defaults).
     pub async fn start(backend: Backend, extra_config: &str) -> Server {
+        Self::start_logged(backend, extra_config, None).await
+    }
+
+    /// `start` with `HERALD_LOG` set to `log_filter`, for a test that reads what it logs.
+    pub async fn start_logged(
+        backend: Backend,
+        extra_config: &str,
+        log_filter: Option<&str>,
+    ) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("herald.toml");
         std::fs::write(&config_path, extra_config).expect("write config");
@@ -103,7 +114,7 @@ impl Server {
             .timeout(Duration::from_secs(60))
             .build()
             .expect("client");
-        Self::launch(dir, config_path, database_url, http).await
+        Self::launch(dir, config_path, database_url, http, log_filter).await
     }
 
     async fn launch(
@@ -111,6 +122,7 @@ impl Server {
         config_path: PathBuf,
         database_url: Option<String>,
         http: reqwest::Client,
+        log_filter: Option<&str>,
     ) -> Server {
         let mut server = Server {
             base: String::new(),
@@ -119,6 +131,7 @@ impl Server {
             dir,
             database_url,
             config_path,
+            log_filter: log_filter.map(str::to_string),
         };
         server.spawn();
         server.wait_healthy().await;
@@ -139,6 +152,7 @@ impl Server {
             config_path,
             self.database_url.clone(),
             self.http.clone(),
+            None,
         )
         .await
     }
@@ -157,7 +171,9 @@ impl Server {
             )
             .env(
                 "HERALD_LOG",
-                std::env::var("HERALD_TEST_LOG").unwrap_or_else(|_| "herald=warn".into()),
+                self.log_filter.clone().unwrap_or_else(|| {
+                    std::env::var("HERALD_TEST_LOG").unwrap_or_else(|_| "herald=warn".into())
+                }),
             );
         cmd
     }
