@@ -18,6 +18,12 @@ use crate::{clock, fanout, AppState};
 pub const MAX_ATTEMPTS: i64 = 20;
 /// Tasks claimed per round.
 const CLAIM_BATCH: i64 = 64;
+/// A batch of one task still takes the batch path (one command instead of a statement per
+/// step, which is what a lone webhook to a small group costs most) unless its group is larger
+/// than this: the batch statements' per-member counting and numbering (a sort) cost more than
+/// the chunk path's plain `+1` once the rows outweigh the round trips; on SQLite a lone
+/// message to 10,000 members took 2.9 times as long through the batch path (61.8 vs 21.5 ms).
+const LONE_BATCH_MAX_MEMBERS: i64 = 100;
 /// A lane re-checks the table at least this often, for tasks queued by another process.
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -121,6 +127,11 @@ impl<'a> Round<'a> {
         self.batch_members = 0;
         if batch.is_empty() {
             return Ok(());
+        }
+        if let [only] = batch[..] {
+            if only.members > LONE_BATCH_MAX_MEMBERS {
+                return self.run_one(app, only).await;
+            }
         }
         match fanout::fan_out_batch(app, &batch).await {
             Ok(()) => self.progressed = true,
