@@ -253,6 +253,9 @@ pub struct ChunkPlan {
     pub followers: Vec<QueuedTask>,
 }
 
+/// The members an event was written to, with the pts each got.
+pub type MemberPts = Vec<(UserId, i64)>;
+
 /// The result of one chunk: whether it wrote anything (false when an earlier run already did)
 /// and, if asked, who received the event.
 #[derive(Debug, Default)]
@@ -263,7 +266,7 @@ pub struct ChunkOutcome {
     /// live connections can be handed the event without reading it back.
     pub member_pts: Vec<(UserId, i64)>,
     /// The same for each of the job's followers, in order.
-    pub follower_pts: Vec<Vec<(UserId, i64)>>,
+    pub follower_pts: Vec<MemberPts>,
     /// Outgoing-bot deliveries were queued with this write: the outgoing worker must look.
     pub bot_events: bool,
 }
@@ -567,8 +570,8 @@ impl StoredPlan {
 pub(crate) fn split_run_pts(
     refs: &[i64],
     written: Vec<(i64, i64, i64)>,
-) -> (Vec<(UserId, i64)>, Vec<Vec<(UserId, i64)>>) {
-    let mut per_message: Vec<Vec<(UserId, i64)>> = vec![Vec::new(); refs.len()];
+) -> (MemberPts, Vec<MemberPts>) {
+    let mut per_message: Vec<MemberPts> = vec![Vec::new(); refs.len()];
     for (user, pts, message) in written {
         if let Some(k) = refs.iter().position(|r| *r == message) {
             per_message[k].push((UserId(user), pts));

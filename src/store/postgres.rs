@@ -320,7 +320,7 @@ impl PgStore {
     async fn fan_out_run_tx(
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
         job: &ChunkJob<'_>,
-    ) -> Result<(Vec<(UserId, i64)>, Vec<Vec<(UserId, i64)>>)> {
+    ) -> Result<(MemberPts, Vec<MemberPts>)> {
         let refs = job.run_refs();
         let tasks = job.run_task_ids();
         let sql = format!(

@@ -236,7 +236,7 @@ impl SqliteStore {
     async fn fan_out_run_tx(
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
         job: &ChunkJob<'_>,
-    ) -> Result<(Vec<(UserId, i64)>, Vec<Vec<(UserId, i64)>>)> {
+    ) -> Result<(MemberPts, Vec<MemberPts>)> {
         let refs = job.run_refs();
         let tasks = job.run_task_ids();
         let items: Vec<[i64; 2]> = tasks.iter().zip(&refs).map(|(t, r)| [*t, *r]).collect();
