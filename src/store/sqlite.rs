@@ -37,6 +37,8 @@ struct PendingEnqueue {
 
 /// The most messages one group commit takes.
 const GROUP_COMMIT_MAX: usize = 256;
+/// How many times a group commit lets other tasks run to gather more of the group (`gather`).
+const GATHER_YIELDS: usize = 2;
 
 impl SqliteStore {
     /// Locks the rows a `SELECT` reads against concurrent deletes until commit (PostgreSQL;
@@ -384,12 +386,7 @@ async fn group_commit_loop(
 ) {
     while let Some(first) = pending.recv().await {
         let mut group = vec![first];
-        while group.len() < GROUP_COMMIT_MAX {
-            match pending.try_recv() {
-                Ok(next) => group.push(next),
-                Err(_) => break,
-            }
-        }
+        gather(&mut pending, &mut group).await;
         match commit_group(&writer, &group).await {
             Ok(results) => {
                 for (p, result) in group.into_iter().zip(results) {
@@ -404,6 +401,27 @@ async fn group_commit_loop(
                         .send(Err(StoreError::Other(anyhow::anyhow!("{why}"))));
                 }
             }
+        }
+    }
+}
+
+/// Adds what else is waiting to the group. Each time the queue runs dry the loop first lets the
+/// other ready tasks run once: right after a commit the answered requests' connections send
+/// their next requests, and without the yield the loop would wake on the first of them and
+/// commit it nearly alone, paying a commit (and an fsync) per request or two.
+async fn gather(
+    pending: &mut tokio::sync::mpsc::Receiver<PendingEnqueue>,
+    group: &mut Vec<PendingEnqueue>,
+) {
+    let mut yields = 0;
+    while group.len() < GROUP_COMMIT_MAX {
+        match pending.try_recv() {
+            Ok(next) => group.push(next),
+            Err(_) if yields < GATHER_YIELDS => {
+                yields += 1;
+                tokio::task::yield_now().await;
+            }
+            Err(_) => break,
         }
     }
 }
