@@ -26,7 +26,36 @@ use crate::model::{Role, SenderKind};
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
-    group_commit: tokio::sync::mpsc::Sender<PendingEnqueue>,
+    pending: Arc<Pending>,
+}
+
+/// Enqueues waiting for a commit: the group commit loop takes them, and so does a fanout batch
+/// about to commit (see `fan_out_batch_impl`), so that one commit and one fsync serve both.
+#[derive(Default)]
+struct Pending {
+    queue: std::sync::Mutex<std::collections::VecDeque<PendingEnqueue>>,
+    arrived: tokio::sync::Notify,
+}
+
+impl Pending {
+    fn push(&self, enqueue: PendingEnqueue) {
+        self.lock().push_back(enqueue);
+        self.arrived.notify_one();
+    }
+
+    /// Up to `GROUP_COMMIT_MAX - group.len()` more, in arrival order.
+    fn take_into(&self, group: &mut Vec<PendingEnqueue>) {
+        let mut queue = self.lock();
+        let n = queue
+            .len()
+            .min(GROUP_COMMIT_MAX.saturating_sub(group.len()));
+        group.extend(queue.drain(..n));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<PendingEnqueue>> {
+        // A panic while holding the lock leaves a consistent queue: keep using it.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A message waiting for the next group commit, and where its answer goes.
@@ -73,12 +102,12 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(60))
             .connect_with(options.read_only(true))
             .await?;
-        let (group_commit, pending) = tokio::sync::mpsc::channel(4 * GROUP_COMMIT_MAX);
-        tokio::spawn(group_commit_loop(writer.clone(), pending));
+        let pending = Arc::new(Pending::default());
+        tokio::spawn(group_commit_loop(writer.clone(), pending.clone()));
         Ok(SqliteStore {
             writer,
             reader,
-            group_commit,
+            pending,
         })
     }
 
@@ -89,12 +118,10 @@ impl SqliteStore {
             message: message.clone(),
             answer,
         };
-        let stopped = || StoreError::Other(anyhow::anyhow!("the SQLite writer has stopped"));
-        self.group_commit
-            .send(pending)
+        self.pending.push(pending);
+        answered
             .await
-            .map_err(|_| stopped())?;
-        answered.await.map_err(|_| stopped())?
+            .map_err(|_| StoreError::Other(anyhow::anyhow!("the SQLite writer has stopped")))?
     }
 
     pub(super) fn writer(&self) -> &SqlitePool {
@@ -337,8 +364,39 @@ impl SqliteStore {
                 bot_events |= Self::enqueue_bot_events_tx(&mut tx, job).await?;
             }
         }
-        tx.commit().await?;
+        // Enqueues waiting for the writer commit with this batch: one commit (and fsync) for
+        // both. If they fail, so does the batch (its tasks are retried one by one).
+        let mut group = Vec::new();
+        self.pending.take_into(&mut group);
+        if group.is_empty() {
+            tx.commit().await?;
+        } else {
+            let enqueued = Self::enqueue_group_tx(&mut tx, &group).await;
+            let committed = match enqueued {
+                Ok(outcomes) => tx
+                    .commit()
+                    .await
+                    .map(|()| outcomes)
+                    .map_err(StoreError::from),
+                Err(e) => Err(e),
+            };
+            let failed = committed.as_ref().err().map(|e| e.to_string());
+            answer(group, committed);
+            if let Some(why) = failed {
+                return Err(StoreError::Other(anyhow::anyhow!("{why}")));
+            }
+        }
         Ok(batch_outcomes(jobs, &live, written, bot_events))
+    }
+
+    /// The group commit's statements inside an open transaction.
+    async fn enqueue_group_tx(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        group: &[PendingEnqueue],
+    ) -> Result<Vec<Enqueued>> {
+        let (query, messages) = group_query(group, GROUP_ENQUEUE_SQL)?;
+        let rows = query.fetch_all(&mut **tx).await?;
+        enqueue_outcomes(&messages, &rows)
     }
 
     /// Writes the event to `also_notify` users who are not (or no longer) members.
@@ -379,49 +437,69 @@ shared_store_impl!(SqliteStore, sqlx::Sqlite);
 
 /// Commits waiting enqueues in groups: takes what has queued up (at most
 /// `GROUP_COMMIT_MAX`), writes all in one transaction and answers each caller after the commit.
-/// A failed commit fails the whole group; nothing in it was acknowledged.
-async fn group_commit_loop(
-    writer: SqlitePool,
-    mut pending: tokio::sync::mpsc::Receiver<PendingEnqueue>,
-) {
-    while let Some(first) = pending.recv().await {
-        let mut group = vec![first];
-        gather(&mut pending, &mut group).await;
-        match commit_group(&writer, &group).await {
-            Ok(results) => {
-                for (p, result) in group.into_iter().zip(results) {
-                    let _ = p.answer.send(Ok(result));
+/// A failed commit fails the whole group; nothing in it was acknowledged. The writer connection
+/// is taken before the group, so enqueues that wait while a fanout batch holds it go into that
+/// batch's commit instead.
+async fn group_commit_loop(writer: SqlitePool, pending: Arc<Pending>) {
+    loop {
+        pending.arrived.notified().await;
+        loop {
+            let conn = match writer.acquire().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "group commit: no writer connection; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
                 }
+            };
+            let mut group = Vec::new();
+            gather(&pending, &mut group).await;
+            if group.is_empty() {
+                break;
             }
-            Err(e) => {
-                let why = e.to_string();
-                for p in group {
-                    let _ = p
-                        .answer
-                        .send(Err(StoreError::Other(anyhow::anyhow!("{why}"))));
-                }
+            let results = commit_group(conn, &group).await;
+            answer(group, results);
+        }
+    }
+}
+
+/// Hands each waiting caller its outcome, or the group's error.
+fn answer(group: Vec<PendingEnqueue>, results: Result<Vec<Enqueued>>) {
+    match results {
+        Ok(results) => {
+            for (p, result) in group.into_iter().zip(results) {
+                let _ = p.answer.send(Ok(result));
+            }
+        }
+        Err(e) => {
+            let why = e.to_string();
+            for p in group {
+                let _ = p
+                    .answer
+                    .send(Err(StoreError::Other(anyhow::anyhow!("{why}"))));
             }
         }
     }
 }
 
-/// Adds what else is waiting to the group. Each time the queue runs dry the loop first lets the
-/// other ready tasks run once: right after a commit the answered requests' connections send
-/// their next requests, and without the yield the loop would wake on the first of them and
-/// commit it nearly alone, paying a commit (and an fsync) per request or two.
-async fn gather(
-    pending: &mut tokio::sync::mpsc::Receiver<PendingEnqueue>,
-    group: &mut Vec<PendingEnqueue>,
-) {
+/// Takes what is waiting into the group. Each time the queue runs dry it first lets the other
+/// ready tasks run once: right after a commit the answered requests' connections send their
+/// next requests, and without the yield the loop would wake on the first of them and commit it
+/// nearly alone, paying a commit (and an fsync) per request or two.
+async fn gather(pending: &Pending, group: &mut Vec<PendingEnqueue>) {
     let mut yields = 0;
-    while group.len() < GROUP_COMMIT_MAX {
-        match pending.try_recv() {
-            Ok(next) => group.push(next),
-            Err(_) if yields < GATHER_YIELDS => {
-                yields += 1;
-                tokio::task::yield_now().await;
+    loop {
+        let before = group.len();
+        pending.take_into(group);
+        if group.len() >= GROUP_COMMIT_MAX {
+            return;
+        }
+        if group.len() == before {
+            if yields == GATHER_YIELDS {
+                return;
             }
-            Err(_) => break,
+            yields += 1;
+            tokio::task::yield_now().await;
         }
     }
 }
@@ -477,7 +555,24 @@ const BATCH_FANOUT_SQL_RETURNING: &str = batch_fanout_sql!(concat!(
 /// JSON array and the only row that comes back is one JSON array of dedupe holders, because
 /// each command and each returned row is a hand-off between threads, and on a loaded 2-core
 /// machine those hand-offs, not SQLite, were most of a webhook's cost.
-async fn commit_group(writer: &SqlitePool, group: &[PendingEnqueue]) -> Result<Vec<Enqueued>> {
+async fn commit_group(
+    conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    group: &[PendingEnqueue],
+) -> Result<Vec<Enqueued>> {
+    let (query, messages) = group_query(group, GROUP_COMMIT_SQL)?;
+    let rows = one_command(conn, query).await?;
+    enqueue_outcomes(&messages, &rows)
+}
+
+/// The group's statements with its rows bound: `sql` is `GROUP_COMMIT_SQL`, or its body alone
+/// inside a transaction that is already open.
+fn group_query<'a>(
+    group: &'a [PendingEnqueue],
+    sql: &'static str,
+) -> Result<(
+    sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'static>>,
+    Vec<&'a Message>,
+)> {
     let now = clock::now_ms();
     let messages: Vec<&Message> = group.iter().map(|p| &p.message).collect();
     let records: Vec<MessageRecord> = messages.iter().map(|m| MessageRecord::from(*m)).collect();
@@ -502,12 +597,19 @@ async fn commit_group(writer: &SqlitePool, group: &[PendingEnqueue]) -> Result<V
         })
         .collect::<std::result::Result<_, _>>()
         .map_err(anyhow::Error::from)?;
-    let query = sqlx::query(GROUP_COMMIT_SQL)
+    let query = sqlx::query(sql)
         .bind(to_json(&keyed)?)
         .bind(message_rows_json(&records)?)
         .bind(to_json(&tasks)?)
         .bind(now);
-    let rows = one_command(writer, query).await?;
+    Ok((query, messages))
+}
+
+/// Which of the group's messages were new, from the one row of dedupe holders it returned.
+fn enqueue_outcomes(
+    messages: &[&Message],
+    rows: &[sqlx::sqlite::SqliteRow],
+) -> Result<Vec<Enqueued>> {
     let holders: Vec<(i64, i64)> = match rows.first() {
         Some(row) => serde_json::from_str(row.try_get::<&str, _>(0)?)
             .map_err(|e| anyhow::anyhow!("dedupe holders: {e}"))?,
@@ -526,8 +628,14 @@ async fn commit_group(writer: &SqlitePool, group: &[PendingEnqueue]) -> Result<V
 /// The group commit. A message is new unless its dedupe key was already held (earlier, or by
 /// an earlier message of the group, in arrival order); only new messages and their tasks are
 /// written. Task ids follow the group's order, which is arrival order.
-const GROUP_COMMIT_SQL: &str = "BEGIN IMMEDIATE; \
-    INSERT INTO dedupe (conversation_id, dedupe_key, message_id, created_at) \
+const GROUP_COMMIT_SQL: &str = concat!("BEGIN IMMEDIATE; ", group_enqueue_sql!(), "COMMIT;");
+
+/// The group commit's statements without `BEGIN`/`COMMIT`, for a transaction already open.
+const GROUP_ENQUEUE_SQL: &str = group_enqueue_sql!();
+
+macro_rules! group_enqueue_sql {
+    () => {
+        "INSERT INTO dedupe (conversation_id, dedupe_key, message_id, created_at) \
       SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), $4 \
       FROM json_each($1) WHERE true ORDER BY key \
       ON CONFLICT (conversation_id, dedupe_key) DO NOTHING; \
@@ -549,18 +657,19 @@ const GROUP_COMMIT_SQL: &str = "BEGIN IMMEDIATE; \
       FROM json_each($3) t WHERE json_extract(t.value, '$[3]') IS NULL OR EXISTS ( \
         SELECT 1 FROM dedupe d WHERE d.conversation_id = json_extract(t.value, '$[0]') \
         AND d.dedupe_key = json_extract(t.value, '$[3]') AND d.message_id = json_extract(t.value, '$[2]')) \
-      ORDER BY key; \
-    COMMIT;";
+      ORDER BY key; "
+    };
+}
+use group_enqueue_sql;
 
 /// Runs a query that opens and commits its own transaction (`BEGIN …; …; COMMIT;`) as one
 /// command on one writer connection. A failed statement stops the command with the
 /// transaction still open, so it is rolled back before the connection goes back to the pool;
 /// a connection that cannot even roll back is closed instead of reused.
 async fn one_command<'q>(
-    writer: &SqlitePool,
+    mut conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
     query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
 ) -> Result<Vec<sqlx::sqlite::SqliteRow>> {
-    let mut conn = writer.acquire().await?;
     match query.fetch_all(&mut *conn).await {
         Ok(rows) => Ok(rows),
         Err(e) => {
@@ -676,6 +785,110 @@ mod tests {
         assert_eq!(
             store.enqueue_message_impl(&again).await.unwrap(),
             Enqueued::Duplicate(MessageId(10))
+        );
+    }
+
+    /// An enqueue waiting while a fanout batch holds the writer is committed by that batch's
+    /// transaction and answered only after it commits; a clash in it fails the batch too, and
+    /// leaves nothing of either behind. The enqueues are queued without waking the group
+    /// commit loop, so only the batch can take them.
+    #[tokio::test]
+    async fn a_fanout_batch_commits_the_enqueues_waiting_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::defaults();
+        config.data_dir = dir.path().to_path_buf();
+        let store = SqliteStore::open(&config).await.unwrap();
+        let org = store.bootstrap().await.unwrap().default_org.id;
+        let admin = store.find_user(org, "admin").await.unwrap().id;
+        let conversation = store
+            .create_conversation(&NewConversation {
+                org_id: org,
+                kind: ConversationKind::Group,
+                title: "g".into(),
+                owner_id: admin,
+                members: vec![admin],
+                bot: None,
+            })
+            .await
+            .unwrap()
+            .id;
+        let waiting = |id: i64, key: &str| {
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            store.pending.lock().push_back(PendingEnqueue {
+                message: message(id, org, conversation, key),
+                answer,
+            });
+            answered
+        };
+        let batch = |task_id: i64, ref_id: i64| ChunkJob {
+            task_id,
+            kind: crate::model::EventKind::MessageCreated,
+            conversation_id: conversation,
+            ref_id,
+            new_message: None,
+            chunk: 0,
+            chunks: 1,
+            first_user: i64::MIN,
+            end_user: i64::MAX,
+            also_notify: &[],
+            want_recipients: false,
+            now_ms: 1,
+            followers: &[],
+        };
+        let queued_task = |message: i64| {
+            let store = &store;
+            async move {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT id FROM tasks WHERE CAST(json_extract(payload, '$.message.id') AS INTEGER) = $1",
+                )
+                .bind(message)
+                .fetch_optional(store.reader())
+                .await
+                .unwrap()
+            }
+        };
+
+        store
+            .enqueue_message_impl(&message(20, org, conversation, "a"))
+            .await
+            .unwrap();
+        let first_task = queued_task(20).await.unwrap();
+        // Lets the loop go back to waiting for a wake-up, which `waiting` never sends.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let answered = waiting(21, "b");
+        store
+            .fan_out_batch_impl(&[batch(first_task, 20)])
+            .await
+            .unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(10), answered)
+            .await
+            .expect("the batch answered the waiting enqueue");
+        assert_eq!(answer.unwrap().unwrap(), Enqueued::New(MessageId(21)));
+        assert!(queued_task(20).await.is_none(), "the batch's task is done");
+        let second_task = queued_task(21)
+            .await
+            .expect("the waiting message is queued");
+
+        // Message id 21 again: its insert fails, so the batch fails and is rolled back too.
+        let answered = waiting(21, "c");
+        assert!(store
+            .fan_out_batch_impl(&[batch(second_task, 21)])
+            .await
+            .is_err());
+        let answer = tokio::time::timeout(Duration::from_secs(10), answered)
+            .await
+            .expect("the batch answered the waiting enqueue");
+        assert!(answer.unwrap().is_err());
+        assert_eq!(
+            queued_task(21).await,
+            Some(second_task),
+            "the batch was rolled back"
+        );
+        assert_eq!(store.dedupe_lookup(conversation, "c").await.unwrap(), None);
+        assert_eq!(
+            store.head_pts(admin).await.unwrap(),
+            1,
+            "message 20 only (no lane runs here)"
         );
     }
 }
