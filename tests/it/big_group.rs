@@ -329,6 +329,10 @@ async fn a_member_who_joined_mid_run_gets_its_tail() {
     for text in ["a", "b", "c", "d"] {
         let (status, body) = server.send_text(&admin, &group, text).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
+        if text == "a" {
+            // "a" is planned (alone) before the others are queued.
+            wait_for_plans(&db, 1).await;
+        }
     }
     // "a" is stuck behind the lock; "b", "c" and "d" wait in the queue, "b" at its head.
     let queued: Vec<i64> = sqlx::query_scalar("SELECT id FROM tasks ORDER BY id")
@@ -379,4 +383,23 @@ async fn a_member_who_joined_mid_run_gets_its_tail() {
         "b, c and d did not form a run: {}",
         server.log()
     );
+}
+
+/// Waits until `count` chunk plans are stored.
+async fn wait_for_plans(db: &sqlx::AnyPool, count: i64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let plans: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM fanout_plans")
+            .fetch_one(db)
+            .await
+            .unwrap();
+        if plans >= count {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no chunk plan was stored"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }
