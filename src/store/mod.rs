@@ -534,6 +534,11 @@ pub(crate) fn batch_outcomes(
         .collect()
 }
 
+/// A task row's payload.
+pub(crate) fn task_from_payload(payload: &str) -> Result<Task> {
+    Ok(serde_json::from_str(payload).map_err(|e| anyhow::anyhow!("task payload: {e}"))?)
+}
+
 /// A `ChunkPlan` as `fanout_plans.bounds` holds it: `{"bounds":[…],"followers":[…]}`, or the
 /// bare bounds array that plans stored before runs existed.
 #[derive(Debug, Serialize, Deserialize)]

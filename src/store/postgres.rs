@@ -82,8 +82,7 @@ impl PgStore {
         let payload: &str = row.try_get("payload")?;
         Ok(QueuedTask {
             id: row.try_get("id")?,
-            task: serde_json::from_str(payload)
-                .map_err(|e| anyhow::anyhow!("task payload: {e}"))?,
+            task: task_from_payload(payload)?,
             attempts: row.try_get("attempts")?,
             run_at_ms: row.try_get("run_at")?,
             members: row.try_get::<Option<i64>, _>("members")?.unwrap_or(0),

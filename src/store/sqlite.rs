@@ -740,11 +740,14 @@ mod tests {
         }
     }
 
-    /// A group commit whose statement fails leaves nothing behind (its dedupe claim is rolled
-    /// back with it) and the writer connection keeps working: the one-command transaction is
-    /// closed before the connection goes back to the pool.
-    #[tokio::test]
-    async fn a_failed_group_commit_rolls_back_and_the_writer_goes_on() {
+    /// A fresh store (kept in the returned directory) with a group of its admin alone.
+    async fn store_with_group() -> (
+        tempfile::TempDir,
+        SqliteStore,
+        OrgId,
+        UserId,
+        ConversationId,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::defaults();
         config.data_dir = dir.path().to_path_buf();
@@ -763,6 +766,15 @@ mod tests {
             .await
             .unwrap()
             .id;
+        (dir, store, org, admin, conversation)
+    }
+
+    /// A group commit whose statement fails leaves nothing behind (its dedupe claim is rolled
+    /// back with it) and the writer connection keeps working: the one-command transaction is
+    /// closed before the connection goes back to the pool.
+    #[tokio::test]
+    async fn a_failed_group_commit_rolls_back_and_the_writer_goes_on() {
+        let (_dir, store, org, _, conversation) = store_with_group().await;
         let first = message(10, org, conversation, "a");
         assert_eq!(
             store.enqueue_message_impl(&first).await.unwrap(),
@@ -794,24 +806,7 @@ mod tests {
     /// commit loop, so only the batch can take them.
     #[tokio::test]
     async fn a_fanout_batch_commits_the_enqueues_waiting_for_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::defaults();
-        config.data_dir = dir.path().to_path_buf();
-        let store = SqliteStore::open(&config).await.unwrap();
-        let org = store.bootstrap().await.unwrap().default_org.id;
-        let admin = store.find_user(org, "admin").await.unwrap().id;
-        let conversation = store
-            .create_conversation(&NewConversation {
-                org_id: org,
-                kind: ConversationKind::Group,
-                title: "g".into(),
-                owner_id: admin,
-                members: vec![admin],
-                bot: None,
-            })
-            .await
-            .unwrap()
-            .id;
+        let (_dir, store, org, admin, conversation) = store_with_group().await;
         let waiting = |id: i64, key: &str| {
             let (answer, answered) = tokio::sync::oneshot::channel();
             store.pending.lock().push_back(PendingEnqueue {
