@@ -41,10 +41,16 @@ pub fn built(name: &str) -> PathBuf {
 }
 
 /// Server config sharing one compiled-plugin cache across the tests' servers: an interpreted
-/// guest takes seconds to compile in a debug build, and the cache key covers the engine.
+/// guest takes seconds to compile in a debug build, and the cache key covers the engine. The
+/// call deadline is raised for these interpreted guests: starting CPython (checked at upload)
+/// takes a few ms in a release build but ran past 100 ms in a debug build on a loaded 2-core CI
+/// machine. The deadline itself is tested with a spinning plugin (`plugins.rs`).
 pub fn shared_cache_config() -> String {
     let dir = root().join("target/plugin-cache-tests");
-    format!("[plugins]\ncache_dir = {:?}\n", dir.display().to_string())
+    format!(
+        "[plugins]\ncache_dir = {:?}\ndeadline_ms = 2000\n",
+        dir.display().to_string()
+    )
 }
 
 fn fixture(case: &str) -> (Vec<u8>, Vec<(String, String)>) {
