@@ -224,6 +224,14 @@ impl ChunkJob<'_> {
         }
     }
 
+    /// The messages to store with this job if an older version queued them without their row:
+    /// the head's, then the followers'.
+    pub fn run_messages(&self) -> impl Iterator<Item = &MessageRecord> {
+        self.new_message
+            .into_iter()
+            .chain(self.followers.iter().map(|f| f.message))
+    }
+
     /// The message ids of a run, head first.
     pub fn run_refs(&self) -> Vec<i64> {
         std::iter::once(self.ref_id)
@@ -568,6 +576,19 @@ impl StoredPlan {
             }),
         }
     }
+}
+
+/// Everyone a chunk wrote to, once each.
+pub(crate) fn written_to(member_pts: &MemberPts, follower_pts: &[MemberPts]) -> Vec<UserId> {
+    if follower_pts.is_empty() {
+        return member_pts.iter().map(|(user, _)| *user).collect();
+    }
+    let users: std::collections::BTreeSet<UserId> = member_pts
+        .iter()
+        .chain(follower_pts.iter().flatten())
+        .map(|(user, _)| *user)
+        .collect();
+    users.into_iter().collect()
 }
 
 /// A run's written `(user, pts, message)` rows as the pts per message: the head's, then each

@@ -227,12 +227,9 @@ impl PgStore {
             tx.rollback().await?;
             return Ok(ChunkOutcome::default());
         };
-        if let Some(message) = job.new_message {
+        for message in job.run_messages() {
             // Written at enqueue; this covers tasks queued by versions that wrote it here.
             Self::insert_message_tx(&mut tx, message, job.now_ms).await?;
-        }
-        for follower in job.followers {
-            Self::insert_message_tx(&mut tx, follower.message, job.now_ms).await?;
         }
         sqlx::query(
             "SELECT set_config('enable_hashjoin', 'off', true), \
@@ -240,28 +237,36 @@ impl PgStore {
         )
         .execute(&mut *tx)
         .await?;
-        if !job.followers.is_empty() {
-            let (member_pts, follower_pts) = Self::fan_out_run_tx(&mut tx, job).await?;
-            let recipients: std::collections::BTreeSet<UserId> = member_pts
-                .iter()
-                .chain(follower_pts.iter().flatten())
-                .map(|(user, _)| *user)
-                .collect();
-            let recipients = recipients.into_iter().collect();
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(INBOX_CHANNEL)
-                .bind(self.inbox_notice(job))
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            return Ok(ChunkOutcome {
-                applied: true,
-                recipients,
-                member_pts,
-                follower_pts,
-                bot_events,
-            });
+        let (member_pts, follower_pts) = if job.followers.is_empty() {
+            (Self::fan_out_one_tx(&mut tx, job).await?, Vec::new())
+        } else {
+            Self::fan_out_run_tx(&mut tx, job).await?
+        };
+        let mut recipients = written_to(&member_pts, &follower_pts);
+        if job.chunk == 0 && !job.also_notify.is_empty() {
+            recipients.extend(self.notify_non_members(&mut tx, job).await?);
         }
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(INBOX_CHANNEL)
+            .bind(self.inbox_notice(job))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(ChunkOutcome {
+            applied: true,
+            recipients,
+            member_pts,
+            follower_pts,
+            bot_events,
+        })
+    }
+
+    /// A single message's chunk: one statement bumps the recipients' counters and inserts
+    /// their rows from the bumped values (see `fan_out_chunk_once` for the lock order).
+    async fn fan_out_one_tx(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        job: &ChunkJob<'_>,
+    ) -> Result<MemberPts> {
         let sql = format!(
             "WITH recipients AS MATERIALIZED ( \
                SELECT m.user_id FROM members m \
@@ -286,29 +291,12 @@ impl PgStore {
             .bind(job.ref_id)
             .bind(job.now_ms)
             .bind(job.task_id)
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut **tx)
             .await?;
-        let member_pts: Vec<(UserId, i64)> = recipients
+        Ok(recipients
             .into_iter()
             .map(|(user, pts)| (UserId(user), pts))
-            .collect();
-        let mut recipients: Vec<UserId> = member_pts.iter().map(|(user, _)| *user).collect();
-        if job.chunk == 0 && !job.also_notify.is_empty() {
-            recipients.extend(self.notify_non_members(&mut tx, job).await?);
-        }
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(INBOX_CHANNEL)
-            .bind(self.inbox_notice(job))
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(ChunkOutcome {
-            applied: true,
-            recipients,
-            member_pts,
-            follower_pts: Vec::new(),
-            bot_events,
-        })
+            .collect())
     }
 
     /// A run's chunk: each recipient's counter is bumped once, by the number of the run's

@@ -192,29 +192,35 @@ impl SqliteStore {
             tx.rollback().await?;
             return Ok(ChunkOutcome::default());
         };
-        if let Some(message) = job.new_message {
+        for message in job.run_messages() {
             // Written at enqueue; this covers tasks queued by versions that wrote it here.
             Self::insert_message_tx(&mut tx, message, job.now_ms).await?;
         }
-        if !job.followers.is_empty() {
-            for follower in job.followers {
-                Self::insert_message_tx(&mut tx, follower.message, job.now_ms).await?;
-            }
-            let (member_pts, follower_pts) = Self::fan_out_run_tx(&mut tx, job).await?;
-            let recipients: std::collections::BTreeSet<UserId> = member_pts
-                .iter()
-                .chain(follower_pts.iter().flatten())
-                .map(|(user, _)| *user)
-                .collect();
-            tx.commit().await?;
-            return Ok(ChunkOutcome {
-                applied: true,
-                recipients: recipients.into_iter().collect(),
-                member_pts,
-                follower_pts,
-                bot_events,
-            });
+        let (member_pts, follower_pts) = if job.followers.is_empty() {
+            (Self::fan_out_one_tx(&mut tx, job).await?, Vec::new())
+        } else {
+            Self::fan_out_run_tx(&mut tx, job).await?
+        };
+        let mut recipients = written_to(&member_pts, &follower_pts);
+        if job.chunk == 0 && !job.also_notify.is_empty() {
+            recipients.extend(self.notify_non_members(&mut tx, job).await?);
         }
+        tx.commit().await?;
+        Ok(ChunkOutcome {
+            applied: true,
+            recipients,
+            member_pts,
+            follower_pts,
+            bot_events,
+        })
+    }
+
+    /// A single message's chunk: bump the recipients' counters, then insert their rows from
+    /// the bumped values.
+    async fn fan_out_one_tx(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        job: &ChunkJob<'_>,
+    ) -> Result<MemberPts> {
         sqlx::query(
             "UPDATE user_pts SET pts = pts + 1 WHERE user_id IN \
              (SELECT user_id FROM members WHERE conversation_id = $1 AND user_id >= $2 AND user_id < $3 AND joined_task <= $4)",
@@ -223,7 +229,7 @@ impl SqliteStore {
         .bind(job.first_user)
         .bind(job.end_user)
         .bind(job.task_id)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         let insert = format!(
             "INSERT INTO inbox (user_id, pts, kind, conversation_id, ref_id, created_at) \
@@ -239,24 +245,12 @@ impl SqliteStore {
             .bind(job.ref_id)
             .bind(job.now_ms)
             .bind(job.task_id)
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut **tx)
             .await?;
-        let member_pts: Vec<(UserId, i64)> = recipients
+        Ok(recipients
             .into_iter()
             .map(|(user, pts)| (UserId(user), pts))
-            .collect();
-        let mut recipients: Vec<UserId> = member_pts.iter().map(|(user, _)| *user).collect();
-        if job.chunk == 0 && !job.also_notify.is_empty() {
-            recipients.extend(self.notify_non_members(&mut tx, job).await?);
-        }
-        tx.commit().await?;
-        Ok(ChunkOutcome {
-            applied: true,
-            recipients,
-            member_pts,
-            follower_pts: Vec::new(),
-            bot_events,
-        })
+            .collect())
     }
 
     /// A run's chunk, as on PostgreSQL: one bump per recipient by the number of the run's
