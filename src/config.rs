@@ -49,6 +49,7 @@ pub struct FanoutConfig {
     pub chunk_size: u32,
     pub parallel_chunks: u32,
     pub min_parallel_chunk: u32,
+    pub direct_max_members: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -200,6 +201,9 @@ impl Config {
         }
         if self.fanout.parallel_chunks == 0 {
             bail!("fanout.parallel_chunks must be at least 1");
+        }
+        if self.fanout.direct_max_members > self.fanout.chunk_size {
+            bail!("fanout.direct_max_members must not exceed fanout.chunk_size");
         }
         if self.fanout.min_parallel_chunk < 100 {
             bail!("fanout.min_parallel_chunk must be at least 100");

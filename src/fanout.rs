@@ -10,7 +10,8 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::model::{Content, Event, EventKind, Message};
 use crate::store::{
-    ChunkJob, ChunkOutcome, ChunkPlan, Follower, MessageRecord, QueuedTask, StoreError, Task,
+    ChunkJob, ChunkOutcome, ChunkPlan, Enqueued, Follower, MessageRecord, QueuedTask, StoreError,
+    Task,
 };
 use crate::{clock, AppState};
 
@@ -133,14 +134,14 @@ fn wake_outgoing_if(app: &AppState, queued: bool) {
 
 /// Wakes live connections after a commit. Taken before the write, so a connection that
 /// subscribes while the write runs is woken too.
-struct Waker<'a> {
+pub struct Waker<'a> {
     app: &'a AppState,
     generation: u64,
     listening: bool,
 }
 
 impl<'a> Waker<'a> {
-    fn new(app: &'a AppState) -> Waker<'a> {
+    pub fn new(app: &'a AppState) -> Waker<'a> {
         Waker {
             app,
             generation: app.hub.generation(),
@@ -156,6 +157,35 @@ impl<'a> Waker<'a> {
         hub.wake(&outcome.recipients);
         if !self.listening {
             hub.wake_if_subscribed_since(self.generation);
+        }
+    }
+
+    /// What follows a message's enqueue (the waker taken before it): a queued message wakes
+    /// its lane; one that its enqueue's commit already wrote to every member wakes their live
+    /// connections, as the lane's fanout would have.
+    pub fn after_enqueue(&self, message: &Message, enqueued: &Enqueued) {
+        match enqueued {
+            Enqueued::New(_) => self.app.lanes.poke(message.conversation_id),
+            Enqueued::Delivered(_, delivered) => {
+                let hub = &self.app.hub;
+                if hub.has_listeners() {
+                    let event = Event {
+                        pts: 0,
+                        kind: EventKind::MessageCreated,
+                        conversation_id: message.conversation_id,
+                        created_at_ms: message.created_at_ms,
+                        message: Some(message.clone()),
+                        details: None,
+                    };
+                    hub.remember(&Arc::new(event), delivered);
+                    let users: Vec<_> = delivered.iter().map(|(user, _)| *user).collect();
+                    hub.wake(&users);
+                }
+                if !self.listening {
+                    hub.wake_if_subscribed_since(self.generation);
+                }
+            }
+            Enqueued::Duplicate(_) => {}
         }
     }
 

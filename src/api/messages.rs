@@ -148,9 +148,11 @@ pub(crate) async fn post_message(
         recalled: false,
         created_at_ms: now,
     };
-    let (status, id, duplicate) = match app.store.enqueue_message(&message).await? {
-        Enqueued::New(id) => {
-            app.lanes.poke(message.conversation_id);
+    let waker = crate::fanout::Waker::new(&app);
+    let enqueued = app.store.enqueue_message(&message).await?;
+    waker.after_enqueue(&message, &enqueued);
+    let (status, id, duplicate) = match enqueued {
+        Enqueued::New(id) | Enqueued::Delivered(id, _) => {
             // "ack" / "resolve" replies to an alert; the message is posted either way.
             if let Err(e) = crate::alerts::reply::observe(&app, &caller, &message, &raw_at).await {
                 tracing::warn!(message.id = %id, error = %e, "acting on an alert reply failed");

@@ -15,7 +15,7 @@ use super::{parse_query, RawWebhook};
 use crate::ids::MessageId;
 use crate::model::{At, Content, Message};
 use crate::robot::{Grouping, RobotKind};
-use crate::store::{Enqueued, StoreError};
+use crate::store::StoreError;
 use crate::verify::{verify, VerifyError};
 use crate::{clock, AppState};
 
@@ -198,7 +198,7 @@ async fn post_card(
     if updated && robot.spec.grouping == Grouping::Card {
         return Ok(());
     }
-    if let Enqueued::New(id) = post(app, robot, outgoing).await? {
+    if let Some(id) = post(app, robot, outgoing).await?.new_id() {
         if !updated {
             app.store.set_robot_card(robot.id, key, id).await?;
         }

@@ -264,7 +264,7 @@ async fn group_and_post(
         .filter(|_| robot.spec.grouping != Grouping::Off);
     let Some(key) = key else {
         let enqueued = post_one(app, robot, event, content, None).await?;
-        return Ok(matches!(enqueued, Enqueued::New(_)));
+        return Ok(enqueued.new_id().is_some());
     };
     let card = app.store.robot_card(robot.id, key).await?;
     if let Some(card) = card {
@@ -286,7 +286,7 @@ async fn group_and_post(
     if card.is_none() || !updated || robot.spec.grouping != Grouping::Card {
         let id = post_one(app, robot, event, content, Some(key.to_string())).await?;
         if card.is_none() || !updated {
-            if let Enqueued::New(id) = id {
+            if let Some(id) = id.new_id() {
                 app.store.set_robot_card(robot.id, key, id).await?;
             }
         }

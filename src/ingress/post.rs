@@ -71,10 +71,9 @@ pub async fn post(
         recalled: false,
         created_at_ms: now,
     };
+    let waker = crate::fanout::Waker::new(app);
     let enqueued = app.store.enqueue_message(&message).await?;
-    if let Enqueued::New(_) = enqueued {
-        app.lanes.poke(robot.conversation_id);
-    }
+    waker.after_enqueue(&message, &enqueued);
     Ok(enqueued)
 }
 

@@ -13,7 +13,7 @@ use crate::error::ApiError;
 use crate::ids::{BotId, ConversationId, MessageId};
 use crate::model::{At, Content, ConversationKind, Message, Role, Sender, SenderKind};
 use crate::outgoing::Outgoing;
-use crate::store::{Bot, DisabledBot, Enqueued, NewConversation};
+use crate::store::{Bot, DisabledBot, NewConversation};
 use crate::{clock, AppState};
 
 /// A verified sessionWebhook token: which bot may reply where.
@@ -182,11 +182,10 @@ async fn post_as(
         recalled: false,
         created_at_ms: clock::now_ms(),
     };
-    let id = match app.store.enqueue_message(&message).await? {
-        Enqueued::New(id) | Enqueued::Duplicate(id) => id,
-    };
-    app.lanes.poke(conversation);
-    Ok(id)
+    let waker = crate::fanout::Waker::new(app);
+    let enqueued = app.store.enqueue_message(&message).await?;
+    waker.after_enqueue(&message, &enqueued);
+    Ok(enqueued.id())
 }
 
 fn text(content: String) -> Content {

@@ -93,10 +93,32 @@ impl NewConversation {
 }
 
 /// The answer to an enqueue: a new message, or the one that already carries the dedupe key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enqueued {
+    /// Queued: a lane worker fans it out.
     New(MessageId),
+    /// New and already in every member's inbox: the commit that accepted it also wrote its
+    /// fanout (SQLite, a small idle group; see `fanout.direct_max_members`). Each member with
+    /// the pts it got, for waking live connections; nothing is queued.
+    Delivered(MessageId, Vec<(UserId, i64)>),
     Duplicate(MessageId),
+}
+
+impl Enqueued {
+    /// The message's id, when the enqueue wrote it (not a duplicate).
+    pub fn new_id(&self) -> Option<MessageId> {
+        match self {
+            Enqueued::New(id) | Enqueued::Delivered(id, _) => Some(*id),
+            Enqueued::Duplicate(_) => None,
+        }
+    }
+
+    /// The message's id, or the id of the one already holding its dedupe key.
+    pub fn id(&self) -> MessageId {
+        match self {
+            Enqueued::New(id) | Enqueued::Delivered(id, _) | Enqueued::Duplicate(id) => *id,
+        }
+    }
 }
 
 /// Work for the fanout workers. Serialized into the `tasks` table; every handler may run more

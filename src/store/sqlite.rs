@@ -7,6 +7,7 @@
 //! into the next transaction together, and each caller is answered after that commit, so a
 //! burst of webhooks costs one fsync per group instead of one per message.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -27,6 +28,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     pending: Arc<Pending>,
+    /// `fanout.direct_max_members`.
+    direct_max_members: i64,
 }
 
 /// Enqueues waiting for a commit: the group commit loop takes them, and so does a fanout batch
@@ -103,11 +106,17 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await?;
         let pending = Arc::new(Pending::default());
-        tokio::spawn(group_commit_loop(writer.clone(), pending.clone()));
+        let direct_max_members = i64::from(config.fanout.direct_max_members);
+        tokio::spawn(group_commit_loop(
+            writer.clone(),
+            pending.clone(),
+            direct_max_members,
+        ));
         Ok(SqliteStore {
             writer,
             reader,
             pending,
+            direct_max_members,
         })
     }
 
@@ -365,7 +374,7 @@ impl SqliteStore {
         if group.is_empty() {
             tx.commit().await?;
         } else {
-            let enqueued = Self::enqueue_group_tx(&mut tx, &group).await;
+            let enqueued = Self::enqueue_group_tx(&mut tx, &group, self.direct_max_members).await;
             let committed = match enqueued {
                 Ok(outcomes) => tx
                     .commit()
@@ -387,8 +396,9 @@ impl SqliteStore {
     async fn enqueue_group_tx(
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
         group: &[PendingEnqueue],
+        direct_max_members: i64,
     ) -> Result<Vec<Enqueued>> {
-        let (query, messages) = group_query(group, GROUP_ENQUEUE_SQL)?;
+        let (query, messages) = group_query(group, GROUP_ENQUEUE_SQL, direct_max_members)?;
         let rows = query.fetch_all(&mut **tx).await?;
         enqueue_outcomes(&messages, &rows)
     }
@@ -434,7 +444,7 @@ shared_store_impl!(SqliteStore, sqlx::Sqlite);
 /// A failed commit fails the whole group; nothing in it was acknowledged. The writer connection
 /// is taken before the group, so enqueues that wait while a fanout batch holds it go into that
 /// batch's commit instead.
-async fn group_commit_loop(writer: SqlitePool, pending: Arc<Pending>) {
+async fn group_commit_loop(writer: SqlitePool, pending: Arc<Pending>, direct_max_members: i64) {
     loop {
         pending.arrived.notified().await;
         loop {
@@ -451,7 +461,7 @@ async fn group_commit_loop(writer: SqlitePool, pending: Arc<Pending>) {
             if group.is_empty() {
                 break;
             }
-            let results = commit_group(conn, &group).await;
+            let results = commit_group(conn, &group, direct_max_members).await;
             answer(group, results);
         }
     }
@@ -552,8 +562,9 @@ const BATCH_FANOUT_SQL_RETURNING: &str = batch_fanout_sql!(concat!(
 async fn commit_group(
     conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
     group: &[PendingEnqueue],
+    direct_max_members: i64,
 ) -> Result<Vec<Enqueued>> {
-    let (query, messages) = group_query(group, GROUP_COMMIT_SQL)?;
+    let (query, messages) = group_query(group, GROUP_COMMIT_SQL, direct_max_members)?;
     let rows = one_command(conn, query).await?;
     enqueue_outcomes(&messages, &rows)
 }
@@ -563,6 +574,7 @@ async fn commit_group(
 fn group_query<'a>(
     group: &'a [PendingEnqueue],
     sql: &'static str,
+    direct_max_members: i64,
 ) -> Result<(
     sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'static>>,
     Vec<&'a Message>,
@@ -591,45 +603,85 @@ fn group_query<'a>(
         })
         .collect::<std::result::Result<_, _>>()
         .map_err(anyhow::Error::from)?;
+    let arrivals: Vec<(i64, i64, Option<&str>, i64)> = messages
+        .iter()
+        .map(|m| {
+            let key = m.dedupe_key.as_deref();
+            (m.id.0, m.conversation_id.0, key, m.created_at_ms)
+        })
+        .collect();
     let query = sqlx::query(sql)
         .bind(to_json(&keyed)?)
         .bind(message_rows_json(&records)?)
         .bind(to_json(&tasks)?)
-        .bind(now);
+        .bind(now)
+        .bind(to_json(&arrivals)?)
+        .bind(direct_max_members)
+        .bind(EventKind::MessageCreated.code());
     Ok((query, messages))
 }
 
-/// Which of the group's messages were new, from the one row of dedupe holders it returned.
+/// Which of the group's messages were new, from its row of dedupe holders, and which of those
+/// were written to their members directly, from the row that follows it.
 fn enqueue_outcomes(
     messages: &[&Message],
     rows: &[sqlx::sqlite::SqliteRow],
 ) -> Result<Vec<Enqueued>> {
-    let holders: Vec<(i64, i64)> = match rows.first() {
-        Some(row) => serde_json::from_str(row.try_get::<&str, _>(0)?)
-            .map_err(|e| anyhow::anyhow!("dedupe holders: {e}"))?,
-        None => Vec::new(),
+    let column = |row: usize, column: usize| -> Result<&str> {
+        let row = rows
+            .get(row)
+            .ok_or_else(|| anyhow::anyhow!("group commit: row {row} missing"))?;
+        Ok(row.try_get::<&str, _>(column)?)
     };
-    let holders: std::collections::HashMap<i64, i64> = holders.into_iter().collect();
+    let parse = |what: &str, text: &str| -> Result<Vec<(i64, i64)>> {
+        Ok(serde_json::from_str(text).map_err(|e| anyhow::anyhow!("{what}: {e}"))?)
+    };
+    let holders: HashMap<i64, i64> = parse("dedupe holders", column(0, 0)?)?
+        .into_iter()
+        .collect();
+    let direct: Vec<i64> =
+        serde_json::from_str(column(1, 0)?).map_err(|e| anyhow::anyhow!("direct messages: {e}"))?;
+    let mut delivered: HashMap<i64, Vec<(UserId, i64)>> =
+        direct.into_iter().map(|id| (id, Vec::new())).collect();
+    let written: Vec<(i64, i64, i64)> =
+        serde_json::from_str(column(1, 1)?).map_err(|e| anyhow::anyhow!("direct rows: {e}"))?;
+    for (message, user, pts) in written {
+        if let Some(members) = delivered.get_mut(&message) {
+            members.push((UserId(user), pts));
+        }
+    }
     Ok(messages
         .iter()
         .map(|m| match holders.get(&m.id.0) {
             Some(&holder) if holder != m.id.0 => Enqueued::Duplicate(MessageId(holder)),
-            _ => Enqueued::New(m.id),
+            _ => match delivered.remove(&m.id.0) {
+                Some(members) => Enqueued::Delivered(m.id, members),
+                None => Enqueued::New(m.id),
+            },
         })
         .collect())
 }
 
 /// The group commit. A message is new unless its dedupe key was already held (earlier, or by
-/// an earlier message of the group, in arrival order); only new messages and their tasks are
-/// written. Task ids follow the group's order, which is arrival order.
+/// an earlier message of the group, in arrival order); only new messages are written. A new
+/// message to a small idle group (`direct` below) is fanned out right here, like a batch
+/// fanout: each member's counter goes up by the number of the group's messages they get and
+/// their rows take the bumped values in arrival order. Every other new message gets a task,
+/// whose ids follow arrival order.
 const GROUP_COMMIT_SQL: &str = concat!("BEGIN IMMEDIATE; ", group_enqueue_sql!(), "COMMIT;");
 
 /// The group commit's statements without `BEGIN`/`COMMIT`, for a transaction already open.
 const GROUP_ENQUEUE_SQL: &str = group_enqueue_sql!();
 
+/// `$1` holds the dedupe claims as `[conversation, key, message]` rows, `$2` the message rows
+/// (`message_rows_json`), `$3` the tasks as `[conversation, payload, message, key]`, `$4` the
+/// time, `$5` the messages as `[message, conversation, key, created]` in arrival order, `$6` the largest
+/// group written directly and `$7` the `message.created` kind. Returns one row of dedupe
+/// holders, then one row of the directly written messages and their `[message, user, pts]`.
 macro_rules! group_enqueue_sql {
     () => {
-        "INSERT INTO dedupe (conversation_id, dedupe_key, message_id, created_at) \
+        concat!(
+            "INSERT INTO dedupe (conversation_id, dedupe_key, message_id, created_at) \
       SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), $4 \
       FROM json_each($1) WHERE true ORDER BY key \
       ON CONFLICT (conversation_id, dedupe_key) DO NOTHING; \
@@ -646,12 +698,48 @@ macro_rules! group_enqueue_sql {
         SELECT 1 FROM dedupe d WHERE d.conversation_id = json_extract(m.value, '$[2]') \
         AND d.dedupe_key = json_extract(m.value, '$[10]') AND d.message_id = json_extract(m.value, '$[0]')) \
       ORDER BY key; \
+    WITH ", group_enqueue_sql!(@direct), ", \
+      r AS (SELECT m.user_id AS user_id, COUNT(*) AS n FROM d \
+        JOIN members m ON m.conversation_id = d.conv GROUP BY m.user_id) \
+    UPDATE user_pts SET pts = pts + r.n FROM r WHERE user_pts.user_id = r.user_id; \
+    WITH ", group_enqueue_sql!(@direct), ", ", group_enqueue_sql!(@rows), " \
+    INSERT INTO inbox (user_id, pts, kind, conversation_id, ref_id, created_at) \
+      SELECT r.user_id, p.pts - r.n + r.k, $7, r.conv, r.id, r.at \
+      FROM r JOIN user_pts p ON p.user_id = r.user_id WHERE true; \
+    WITH ", group_enqueue_sql!(@direct), ", ", group_enqueue_sql!(@rows), " \
+    SELECT (SELECT json_group_array(id) FROM d), \
+      (SELECT json_group_array(json_array(r.id, r.user_id, p.pts - r.n + r.k)) \
+        FROM r JOIN user_pts p ON p.user_id = r.user_id); \
+    WITH ", group_enqueue_sql!(@direct), " \
     INSERT INTO tasks (conversation_id, payload, attempts, run_at, locked_until, created_at) \
       SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), 0, $4, 0, $4 \
-      FROM json_each($3) t WHERE json_extract(t.value, '$[3]') IS NULL OR EXISTS ( \
+      FROM json_each($3) t WHERE (json_extract(t.value, '$[3]') IS NULL OR EXISTS ( \
         SELECT 1 FROM dedupe d WHERE d.conversation_id = json_extract(t.value, '$[0]') \
-        AND d.dedupe_key = json_extract(t.value, '$[3]') AND d.message_id = json_extract(t.value, '$[2]')) \
+        AND d.dedupe_key = json_extract(t.value, '$[3]') AND d.message_id = json_extract(t.value, '$[2]'))) \
+        AND json_extract(t.value, '$[2]') NOT IN (SELECT id FROM d) \
       ORDER BY key; "
+        )
+    };
+    // `n`: the group's new messages (`seq` is arrival order). `d`: those written directly, to
+    // a group small enough, with no bot to hear it (bot deliveries are queued by the lanes)
+    // and nothing of its own queued (a message never overtakes its group's queue). The tasks
+    // are written last, so every statement sees the same `d`.
+    (@direct) => {
+        "n AS (SELECT key AS seq, json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS conv, \
+           json_extract(value, '$[3]') AS at FROM json_each($5) x WHERE json_extract(x.value, '$[2]') IS NULL OR EXISTS ( \
+             SELECT 1 FROM dedupe k WHERE k.conversation_id = json_extract(x.value, '$[1]') \
+             AND k.dedupe_key = json_extract(x.value, '$[2]') AND k.message_id = json_extract(x.value, '$[0]'))), \
+         d AS (SELECT n.seq, n.id, n.conv, n.at FROM n JOIN conversations c ON c.id = n.conv \
+           WHERE c.member_count <= $6 \
+           AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.conversation_id = n.conv) \
+           AND NOT EXISTS (SELECT 1 FROM bot_installs b WHERE b.conversation_id = n.conv))"
+    };
+    // Each member's rows: `k` of the `n` directly written messages they get.
+    (@rows) => {
+        "r AS (SELECT m.user_id AS user_id, d.conv AS conv, d.id AS id, d.at AS at, \
+           ROW_NUMBER() OVER (PARTITION BY m.user_id ORDER BY d.seq) AS k, \
+           COUNT(*) OVER (PARTITION BY m.user_id) AS n \
+           FROM d JOIN members m ON m.conversation_id = d.conv)"
     };
 }
 use group_enqueue_sql;
@@ -734,8 +822,12 @@ mod tests {
         }
     }
 
-    /// A fresh store (kept in the returned directory) with a group of its admin alone.
-    async fn store_with_group() -> (
+    /// A fresh store (kept in the returned directory) with a group of its admin alone and
+    /// nothing queued; groups
+    /// of up to `direct_max_members` are written by the enqueue itself.
+    async fn store_with_group(
+        direct_max_members: u32,
+    ) -> (
         tempfile::TempDir,
         SqliteStore,
         OrgId,
@@ -745,6 +837,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::defaults();
         config.data_dir = dir.path().to_path_buf();
+        config.fanout.direct_max_members = direct_max_members;
         let store = SqliteStore::open(&config).await.unwrap();
         let org = store.bootstrap().await.unwrap().default_org.id;
         let admin = store.find_user(org, "admin").await.unwrap().id;
@@ -760,6 +853,11 @@ mod tests {
             .await
             .unwrap()
             .id;
+        // No lane runs here: drop the group's announcements, as if they were done.
+        sqlx::query("DELETE FROM tasks")
+            .execute(store.writer())
+            .await
+            .unwrap();
         (dir, store, org, admin, conversation)
     }
 
@@ -768,7 +866,7 @@ mod tests {
     /// closed before the connection goes back to the pool.
     #[tokio::test]
     async fn a_failed_group_commit_rolls_back_and_the_writer_goes_on() {
-        let (_dir, store, org, _, conversation) = store_with_group().await;
+        let (_dir, store, org, _, conversation) = store_with_group(0).await;
         let first = message(10, org, conversation, "a");
         assert_eq!(
             store.enqueue_message_impl(&first).await.unwrap(),
@@ -800,7 +898,7 @@ mod tests {
     /// commit loop, so only the batch can take them.
     #[tokio::test]
     async fn a_fanout_batch_commits_the_enqueues_waiting_for_it() {
-        let (_dir, store, org, admin, conversation) = store_with_group().await;
+        let (_dir, store, org, admin, conversation) = store_with_group(0).await;
         let waiting = |id: i64, key: &str| {
             let (answer, answered) = tokio::sync::oneshot::channel();
             store.pending.lock().push_back(PendingEnqueue {
@@ -879,5 +977,74 @@ mod tests {
             1,
             "message 20 only (no lane runs here)"
         );
+    }
+
+    /// A message to a small group with nothing queued is in its members' inboxes when the
+    /// enqueue answers, with consecutive pts and no task left behind; the group's next message
+    /// goes the same way.
+    #[tokio::test]
+    async fn a_message_to_an_idle_small_group_is_written_by_its_enqueue() {
+        let (_dir, store, org, admin, conversation) = store_with_group(100).await;
+        let before = store.head_pts(admin).await.unwrap();
+        for (id, key) in [(30, "a"), (31, "b")] {
+            let answer = store
+                .enqueue_message_impl(&message(id, org, conversation, key))
+                .await
+                .unwrap();
+            let pts = before + id - 29;
+            assert_eq!(
+                answer,
+                Enqueued::Delivered(MessageId(id), vec![(admin, pts)])
+            );
+        }
+        assert_eq!(store.head_pts(admin).await.unwrap(), before + 2);
+        assert_eq!(queued_tasks(&store, conversation).await, 0);
+        let again = store
+            .enqueue_message_impl(&message(32, org, conversation, "a"))
+            .await
+            .unwrap();
+        assert_eq!(again, Enqueued::Duplicate(MessageId(30)));
+        assert_eq!(store.head_pts(admin).await.unwrap(), before + 2);
+    }
+
+    /// A message never overtakes its group's queue: while the group has a task queued (a
+    /// retry, a membership change), its new messages are queued behind it, and so is a message
+    /// to a group larger than `direct_max_members`.
+    #[tokio::test]
+    async fn a_message_behind_a_queued_task_or_to_a_larger_group_is_queued() {
+        let (_dir, store, org, admin, conversation) = store_with_group(100).await;
+        let before = store.head_pts(admin).await.unwrap();
+        sqlx::query(
+            "INSERT INTO tasks (conversation_id, payload, attempts, run_at, locked_until, created_at) \
+             VALUES ($1, '{}', 3, 0, 0, 0)",
+        )
+        .bind(conversation.0)
+        .execute(store.writer())
+        .await
+        .unwrap();
+        let answer = store
+            .enqueue_message_impl(&message(40, org, conversation, "a"))
+            .await
+            .unwrap();
+        assert_eq!(answer, Enqueued::New(MessageId(40)));
+        assert_eq!(store.head_pts(admin).await.unwrap(), before);
+        assert_eq!(queued_tasks(&store, conversation).await, 2);
+
+        let (_dir, store, org, admin, conversation) = store_with_group(0).await;
+        let answer = store
+            .enqueue_message_impl(&message(41, org, conversation, "a"))
+            .await
+            .unwrap();
+        assert_eq!(answer, Enqueued::New(MessageId(41)));
+        assert_eq!(store.head_pts(admin).await.unwrap(), before);
+        assert_eq!(queued_tasks(&store, conversation).await, 1);
+    }
+
+    async fn queued_tasks(store: &SqliteStore, conversation: ConversationId) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE conversation_id = $1")
+            .bind(conversation.0)
+            .fetch_one(store.reader())
+            .await
+            .unwrap()
     }
 }
