@@ -586,23 +586,6 @@ fn group_query<'a>(
         .iter()
         .filter_map(|m| Some((m.conversation_id.0, m.dedupe_key.as_deref()?, m.id.0)))
         .collect();
-    let tasks: Vec<(i64, String, i64, Option<&str>)> = records
-        .iter()
-        .map(|record| {
-            let task = Task::Post {
-                message: Box::new(record.clone()),
-            };
-            serde_json::to_string(&task).map(|payload| {
-                (
-                    record.conversation_id.0,
-                    payload,
-                    record.id.0,
-                    record.dedupe_key.as_deref(),
-                )
-            })
-        })
-        .collect::<std::result::Result<_, _>>()
-        .map_err(anyhow::Error::from)?;
     let arrivals: Vec<(i64, i64, Option<&str>, i64)> = messages
         .iter()
         .map(|m| {
@@ -613,7 +596,6 @@ fn group_query<'a>(
     let query = sqlx::query(sql)
         .bind(to_json(&keyed)?)
         .bind(message_rows_json(&records)?)
-        .bind(to_json(&tasks)?)
         .bind(now)
         .bind(to_json(&arrivals)?)
         .bind(direct_max_members)
@@ -674,15 +656,16 @@ const GROUP_COMMIT_SQL: &str = concat!("BEGIN IMMEDIATE; ", group_enqueue_sql!()
 const GROUP_ENQUEUE_SQL: &str = group_enqueue_sql!();
 
 /// `$1` holds the dedupe claims as `[conversation, key, message]` rows, `$2` the message rows
-/// (`message_rows_json`), `$3` the tasks as `[conversation, payload, message, key]`, `$4` the
-/// time, `$5` the messages as `[message, conversation, key, created]` in arrival order, `$6` the largest
-/// group written directly and `$7` the `message.created` kind. Returns one row of dedupe
-/// holders, then one row of the directly written messages and their `[message, user, pts]`.
+/// (`message_rows_json`), `$3` the time, `$4` the messages as `[message, conversation, key,
+/// created]` in arrival order, `$5` the largest group written directly and `$6` the
+/// `message.created` kind. A task's payload is built from its message's row (see
+/// `task_payload_sql`). Returns one row of dedupe holders, then one row of the directly
+/// written messages and their `[message, user, pts]`.
 macro_rules! group_enqueue_sql {
     () => {
         concat!(
             "INSERT INTO dedupe (conversation_id, dedupe_key, message_id, created_at) \
-      SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), $4 \
+      SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), $3 \
       FROM json_each($1) WHERE true ORDER BY key \
       ON CONFLICT (conversation_id, dedupe_key) DO NOTHING; \
     SELECT json_group_array(json_array(json_extract(k.value, '$[2]'), d.message_id)) \
@@ -693,7 +676,7 @@ macro_rules! group_enqueue_sql {
       SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), \
       json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'), \
       json_extract(value, '$[6]'), json_extract(value, '$[7]'), json_extract(value, '$[8]'), \
-      json_extract(value, '$[9]'), json_extract(value, '$[10]'), 0, json_extract(value, '$[11]'), $4 \
+      json_extract(value, '$[9]'), json_extract(value, '$[10]'), 0, json_extract(value, '$[11]'), $3 \
       FROM json_each($2) m WHERE json_extract(m.value, '$[10]') IS NULL OR EXISTS ( \
         SELECT 1 FROM dedupe d WHERE d.conversation_id = json_extract(m.value, '$[2]') \
         AND d.dedupe_key = json_extract(m.value, '$[10]') AND d.message_id = json_extract(m.value, '$[0]')) \
@@ -704,7 +687,7 @@ macro_rules! group_enqueue_sql {
     UPDATE user_pts SET pts = pts + r.n FROM r WHERE user_pts.user_id = r.user_id; \
     WITH ", group_enqueue_sql!(@direct), ", ", group_enqueue_sql!(@rows), " \
     INSERT INTO inbox (user_id, pts, kind, conversation_id, ref_id, created_at) \
-      SELECT r.user_id, p.pts - r.n + r.k, $7, r.conv, r.id, r.at \
+      SELECT r.user_id, p.pts - r.n + r.k, $6, r.conv, r.id, r.at \
       FROM r JOIN user_pts p ON p.user_id = r.user_id WHERE true; \
     WITH ", group_enqueue_sql!(@direct), ", ", group_enqueue_sql!(@rows), " \
     SELECT (SELECT json_group_array(id) FROM d), \
@@ -712,12 +695,8 @@ macro_rules! group_enqueue_sql {
         FROM r JOIN user_pts p ON p.user_id = r.user_id); \
     WITH ", group_enqueue_sql!(@direct), " \
     INSERT INTO tasks (conversation_id, payload, attempts, run_at, locked_until, created_at) \
-      SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), 0, $4, 0, $4 \
-      FROM json_each($3) t WHERE (json_extract(t.value, '$[3]') IS NULL OR EXISTS ( \
-        SELECT 1 FROM dedupe d WHERE d.conversation_id = json_extract(t.value, '$[0]') \
-        AND d.dedupe_key = json_extract(t.value, '$[3]') AND d.message_id = json_extract(t.value, '$[2]'))) \
-        AND json_extract(t.value, '$[2]') NOT IN (SELECT id FROM d) \
-      ORDER BY key; "
+      SELECT m.conversation_id, ", task_payload_sql!(), ", 0, $3, 0, $3 \
+      FROM n JOIN messages m ON m.id = n.id WHERE n.id NOT IN (SELECT id FROM d) ORDER BY n.seq; "
         )
     };
     // `n`: the group's new messages (`seq` is arrival order). `d`: those written directly, to
@@ -726,11 +705,11 @@ macro_rules! group_enqueue_sql {
     // are written last, so every statement sees the same `d`.
     (@direct) => {
         "n AS (SELECT key AS seq, json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS conv, \
-           json_extract(value, '$[3]') AS at FROM json_each($5) x WHERE json_extract(x.value, '$[2]') IS NULL OR EXISTS ( \
+           json_extract(value, '$[3]') AS at FROM json_each($4) x WHERE json_extract(x.value, '$[2]') IS NULL OR EXISTS ( \
              SELECT 1 FROM dedupe k WHERE k.conversation_id = json_extract(x.value, '$[1]') \
              AND k.dedupe_key = json_extract(x.value, '$[2]') AND k.message_id = json_extract(x.value, '$[0]'))), \
          d AS (SELECT n.seq, n.id, n.conv, n.at FROM n JOIN conversations c ON c.id = n.conv \
-           WHERE c.member_count <= $6 \
+           WHERE c.member_count <= $5 \
            AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.conversation_id = n.conv) \
            AND NOT EXISTS (SELECT 1 FROM bot_installs b WHERE b.conversation_id = n.conv))"
     };
@@ -743,6 +722,20 @@ macro_rules! group_enqueue_sql {
     };
 }
 use group_enqueue_sql;
+
+/// A queued message's task (`Task::Post`) as serde writes it, built from its `messages` row
+/// `m`: the row was just written, so the group binds each message once, not twice.
+macro_rules! task_payload_sql {
+    () => {
+        "json_object('type', 'post', 'message', json_object( \
+      'id', CAST(m.id AS TEXT), 'org_id', CAST(m.org_id AS TEXT), \
+      'conversation_id', CAST(m.conversation_id AS TEXT), \
+      'sender', json_object('id', m.sender_id, 'kind', m.sender_kind, 'name', m.sender_name), \
+      'msgtype', m.msgtype, 'content', json(m.content), 'at', json(m.at), \
+      'thread_key', m.thread_key, 'dedupe_key', m.dedupe_key, 'created_at_ms', m.created_at))"
+    };
+}
+use task_payload_sql;
 
 /// Runs a query that opens and commits its own transaction (`BEGIN …; …; COMMIT;`) as one
 /// command on one writer connection. A failed statement stops the command with the
@@ -1046,5 +1039,71 @@ mod tests {
             .fetch_one(store.reader())
             .await
             .unwrap()
+    }
+    /// A queued message's task payload is built by SQL from its row; it must read back as the
+    /// message serde would have written, every field included.
+    #[tokio::test]
+    async fn a_queued_message_task_carries_the_message_as_serde_writes_it() {
+        let (_dir, store, org, _, conversation) = store_with_group(0).await;
+        let mut sent = message(50, org, conversation, "k\"ey");
+        sent.sender.kind = SenderKind::Robot;
+        sent.sender.name = "CI \u{1F916} \"bot\"".into();
+        sent.thread_key = Some("repo#1".into());
+        sent.at = At {
+            at_user_ids: vec!["7".into()],
+            at_mobiles: vec!["+86-1".into()],
+            is_at_all: true,
+        };
+        sent.content = Content::Text(Text {
+            content: "line\nwith \\ \"quotes\" and <b>".into(),
+        });
+        let answer = store.enqueue_message_impl(&sent).await.unwrap();
+        assert_eq!(answer, Enqueued::New(MessageId(50)));
+        let payload: String =
+            sqlx::query_scalar("SELECT payload FROM tasks WHERE conversation_id = $1")
+                .bind(conversation.0)
+                .fetch_one(store.reader())
+                .await
+                .unwrap();
+        let task: Task = serde_json::from_str(&payload).unwrap();
+        let expected = Task::Post {
+            message: Box::new(MessageRecord::from(&sent)),
+        };
+        assert_eq!(
+            serde_json::to_value(&task).unwrap(),
+            serde_json::to_value(&expected).unwrap()
+        );
+    }
+
+    /// Groups of any size write each of their messages once.
+    #[tokio::test]
+    async fn groups_of_every_size_write_each_message_once() {
+        let (_dir, store, org, admin, conversation) = store_with_group(100).await;
+        let before = store.head_pts(admin).await.unwrap();
+        let mut next = 100;
+        for len in [1usize, 2, 3, 5, 17, 256] {
+            let mut answers = Vec::new();
+            for _ in 0..len {
+                next += 1;
+                let (answer, answered) = tokio::sync::oneshot::channel();
+                store.pending.lock().push_back(PendingEnqueue {
+                    message: message(next, org, conversation, &format!("k{next}")),
+                    answer,
+                });
+                answers.push(answered);
+            }
+            store.pending.arrived.notify_one();
+            for answered in answers {
+                let answer = answered.await.unwrap().unwrap();
+                assert!(matches!(answer, Enqueued::Delivered(_, ref to) if to.len() == 1));
+            }
+        }
+        let written = next - 100;
+        assert_eq!(store.head_pts(admin).await.unwrap(), before + written);
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE id > 100")
+            .fetch_one(store.reader())
+            .await
+            .unwrap();
+        assert_eq!(count, written);
     }
 }
