@@ -401,6 +401,8 @@ pub trait CoreStore: Send + Sync + 'static {
     ) -> Result<Vec<UserId>>;
 
     /// Records the message in the durable queue (honouring its dedupe key) and returns its id.
+    /// A store may write a message to a small idle group's inboxes in the same commit instead
+    /// (`Enqueued::Delivered`); the caller then wakes live connections, not a lane.
     async fn enqueue_message(&self, message: &Message) -> Result<Enqueued>;
     async fn get_message(&self, org: OrgId, id: MessageId) -> Result<Message>;
     /// The message that already claimed this dedupe key in the conversation, if any.
