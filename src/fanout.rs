@@ -132,16 +132,34 @@ fn wake_outgoing_if(app: &AppState, queued: bool) {
     }
 }
 
+/// Queues the message (`store.enqueue_message`) and wakes whoever must hear of it: its lane,
+/// or, when the commit already wrote it to every member, their live connections. Runs as a
+/// task of its own, so the wake-up still happens when the request that posted the message is
+/// dropped (its client hung up) after the commit: a message in the inboxes with nobody woken
+/// would reach live feeds only at their next poll.
+pub async fn enqueue_and_wake(app: &AppState, message: &Message) -> Result<Enqueued, StoreError> {
+    let app = app.clone();
+    let message = message.clone();
+    tokio::spawn(async move {
+        let waker = Waker::new(&app);
+        let enqueued = app.store.enqueue_message(&message).await?;
+        waker.after_enqueue(&message, &enqueued);
+        Ok(enqueued)
+    })
+    .await
+    .map_err(|e| StoreError::Other(anyhow::anyhow!("enqueueing a message: {e}")))?
+}
+
 /// Wakes live connections after a commit. Taken before the write, so a connection that
 /// subscribes while the write runs is woken too.
-pub struct Waker<'a> {
+struct Waker<'a> {
     app: &'a AppState,
     generation: u64,
     listening: bool,
 }
 
 impl<'a> Waker<'a> {
-    pub fn new(app: &'a AppState) -> Waker<'a> {
+    fn new(app: &'a AppState) -> Waker<'a> {
         Waker {
             app,
             generation: app.hub.generation(),
@@ -163,7 +181,7 @@ impl<'a> Waker<'a> {
     /// What follows a message's enqueue (the waker taken before it): a queued message wakes
     /// its lane; one that its enqueue's commit already wrote to every member wakes their live
     /// connections, as the lane's fanout would have.
-    pub fn after_enqueue(&self, message: &Message, enqueued: &Enqueued) {
+    fn after_enqueue(&self, message: &Message, enqueued: &Enqueued) {
         match enqueued {
             Enqueued::New(_) => self.app.lanes.poke(message.conversation_id),
             Enqueued::Delivered(_, delivered) => {

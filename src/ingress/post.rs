@@ -71,10 +71,7 @@ pub async fn post(
         recalled: false,
         created_at_ms: now,
     };
-    let waker = crate::fanout::Waker::new(app);
-    let enqueued = app.store.enqueue_message(&message).await?;
-    waker.after_enqueue(&message, &enqueued);
-    Ok(enqueued)
+    Ok(crate::fanout::enqueue_and_wake(app, &message).await?)
 }
 
 /// Updates a robot's card in place; false when it is gone (recalled or deleted). The card's

@@ -182,9 +182,7 @@ async fn post_as(
         recalled: false,
         created_at_ms: clock::now_ms(),
     };
-    let waker = crate::fanout::Waker::new(app);
-    let enqueued = app.store.enqueue_message(&message).await?;
-    waker.after_enqueue(&message, &enqueued);
+    let enqueued = crate::fanout::enqueue_and_wake(app, &message).await?;
     Ok(enqueued.id())
 }
 

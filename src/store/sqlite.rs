@@ -709,7 +709,7 @@ macro_rules! group_enqueue_sql {
              SELECT 1 FROM dedupe k WHERE k.conversation_id = json_extract(x.value, '$[1]') \
              AND k.dedupe_key = json_extract(x.value, '$[2]') AND k.message_id = json_extract(x.value, '$[0]'))), \
          d AS (SELECT n.seq, n.id, n.conv, n.at FROM n JOIN conversations c ON c.id = n.conv \
-           WHERE c.member_count <= $5 \
+           WHERE $5 > 0 AND c.member_count <= $5 \
            AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.conversation_id = n.conv) \
            AND NOT EXISTS (SELECT 1 FROM bot_installs b WHERE b.conversation_id = n.conv))"
     };
