@@ -97,6 +97,12 @@ impl SqliteStore {
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(60))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::Executor::execute(&mut *conn, CREATE_GROUP_NEW).await?;
+                    Ok(())
+                })
+            })
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&writer).await?;
@@ -652,6 +658,12 @@ fn enqueue_outcomes(
 /// whose ids follow arrival order.
 const GROUP_COMMIT_SQL: &str = concat!("BEGIN IMMEDIATE; ", group_enqueue_sql!(), "COMMIT;");
 
+/// The writer connection's scratch table for the group commit's new messages (see
+/// `group_enqueue_sql`): in memory, private to the connection, emptied by each group.
+const CREATE_GROUP_NEW: &str = "CREATE TEMP TABLE IF NOT EXISTS group_new \
+    (seq INTEGER NOT NULL, id INTEGER NOT NULL, conv INTEGER NOT NULL, at INTEGER NOT NULL, \
+     direct INTEGER NOT NULL)";
+
 /// The group commit's statements without `BEGIN`/`COMMIT`, for a transaction already open.
 const GROUP_ENQUEUE_SQL: &str = group_enqueue_sql!();
 
@@ -681,35 +693,41 @@ macro_rules! group_enqueue_sql {
         SELECT 1 FROM dedupe d WHERE d.conversation_id = json_extract(m.value, '$[2]') \
         AND d.dedupe_key = json_extract(m.value, '$[10]') AND d.message_id = json_extract(m.value, '$[0]')) \
       ORDER BY key; \
-    WITH ", group_enqueue_sql!(@direct), ", \
-      r AS (SELECT m.user_id AS user_id, COUNT(*) AS n FROM d \
-        JOIN members m ON m.conversation_id = d.conv GROUP BY m.user_id) \
+    DELETE FROM temp.group_new; \
+    WITH ", group_enqueue_sql!(@new), " \
+    INSERT INTO temp.group_new (seq, id, conv, at, direct) \
+      SELECT n.seq, n.id, n.conv, n.at, ", group_enqueue_sql!(@direct), " FROM n; \
+    WITH r AS (SELECT m.user_id AS user_id, COUNT(*) AS n FROM temp.group_new d \
+        JOIN members m ON m.conversation_id = d.conv WHERE d.direct GROUP BY m.user_id) \
     UPDATE user_pts SET pts = pts + r.n FROM r WHERE user_pts.user_id = r.user_id; \
-    WITH ", group_enqueue_sql!(@direct), ", ", group_enqueue_sql!(@rows), " \
+    WITH ", group_enqueue_sql!(@rows), " \
     INSERT INTO inbox (user_id, pts, kind, conversation_id, ref_id, created_at) \
       SELECT r.user_id, p.pts - r.n + r.k, $6, r.conv, r.id, r.at \
       FROM r JOIN user_pts p ON p.user_id = r.user_id WHERE true; \
-    WITH ", group_enqueue_sql!(@direct), ", ", group_enqueue_sql!(@rows), " \
-    SELECT (SELECT json_group_array(id) FROM d), \
+    WITH ", group_enqueue_sql!(@rows), " \
+    SELECT (SELECT json_group_array(id) FROM temp.group_new WHERE direct), \
       (SELECT json_group_array(json_array(r.id, r.user_id, p.pts - r.n + r.k)) \
         FROM r JOIN user_pts p ON p.user_id = r.user_id); \
-    WITH ", group_enqueue_sql!(@direct), " \
     INSERT INTO tasks (conversation_id, payload, attempts, run_at, locked_until, created_at) \
       SELECT m.conversation_id, ", task_payload_sql!(), ", 0, $3, 0, $3 \
-      FROM n JOIN messages m ON m.id = n.id WHERE n.id NOT IN (SELECT id FROM d) ORDER BY n.seq; "
+      FROM temp.group_new n JOIN messages m ON m.id = n.id WHERE NOT n.direct ORDER BY n.seq; "
         )
     };
-    // `n`: the group's new messages (`seq` is arrival order). `d`: those written directly, to
-    // a group small enough, with no bot to hear it (bot deliveries are queued by the lanes)
-    // and nothing of its own queued (a message never overtakes its group's queue). The tasks
-    // are written last, so every statement sees the same `d`.
-    (@direct) => {
+    // `n`: the group's new messages (`seq` is arrival order), kept in `temp.group_new` for
+    // the statements that follow (worked out once, not once per statement).
+    (@new) => {
         "n AS (SELECT key AS seq, json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS conv, \
            json_extract(value, '$[3]') AS at FROM json_each($4) x WHERE json_extract(x.value, '$[2]') IS NULL OR EXISTS ( \
              SELECT 1 FROM dedupe k WHERE k.conversation_id = json_extract(x.value, '$[1]') \
-             AND k.dedupe_key = json_extract(x.value, '$[2]') AND k.message_id = json_extract(x.value, '$[0]'))), \
-         d AS (SELECT n.seq, n.id, n.conv, n.at FROM n JOIN conversations c ON c.id = n.conv \
-           WHERE $5 > 0 AND c.member_count <= $5 \
+             AND k.dedupe_key = json_extract(x.value, '$[2]') AND k.message_id = json_extract(x.value, '$[0]')))"
+    };
+    // Whether a new message is written directly: to a group small enough, with no bot to hear
+    // it (bot deliveries are queued by the lanes) and nothing of its own queued (a message
+    // never overtakes its group's queue). Decided before the group's tasks are written, so
+    // all of a conversation's messages in the group go the same way.
+    (@direct) => {
+        "($5 > 0 \
+           AND COALESCE((SELECT c.member_count FROM conversations c WHERE c.id = n.conv), $5 + 1) <= $5 \
            AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.conversation_id = n.conv) \
            AND NOT EXISTS (SELECT 1 FROM bot_installs b WHERE b.conversation_id = n.conv))"
     };
@@ -718,7 +736,7 @@ macro_rules! group_enqueue_sql {
         "r AS (SELECT m.user_id AS user_id, d.conv AS conv, d.id AS id, d.at AS at, \
            ROW_NUMBER() OVER (PARTITION BY m.user_id ORDER BY d.seq) AS k, \
            COUNT(*) OVER (PARTITION BY m.user_id) AS n \
-           FROM d JOIN members m ON m.conversation_id = d.conv)"
+           FROM temp.group_new d JOIN members m ON m.conversation_id = d.conv WHERE d.direct)"
     };
 }
 use group_enqueue_sql;
