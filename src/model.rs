@@ -219,6 +219,20 @@ impl Content {
         v.unwrap_or(serde_json::Value::Null)
     }
 
+    /// The content object alone as JSON text: what `body_json` holds, printed straight from
+    /// the struct (fields in declaration order) without building the tree first.
+    pub fn body_string(&self) -> String {
+        let s = match self {
+            Content::Text(c) => serde_json::to_string(c),
+            Content::Markdown(c) => serde_json::to_string(c),
+            Content::Link(c) => serde_json::to_string(c),
+            Content::ActionCard(c) => serde_json::to_string(c),
+            Content::FeedCard(c) => serde_json::to_string(c),
+            Content::Image(c) => serde_json::to_string(c),
+        };
+        s.unwrap_or_else(|_| "null".to_string())
+    }
+
     /// Rebuilds content from its stored `msgtype` and object.
     pub fn from_parts(msgtype: &str, body: serde_json::Value) -> Result<Content, String> {
         fn de<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, String> {

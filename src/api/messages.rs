@@ -75,7 +75,7 @@ impl PostMessage {
             }
         };
         content.validate().map_err(ApiError::BadRequest)?;
-        let size = content.body_json().to_string().len();
+        let size = content.body_string().len();
         if size > max_bytes {
             return Err(ApiError::PayloadTooLarge(format!(
                 "message content is {size} bytes; the limit is {max_bytes}"

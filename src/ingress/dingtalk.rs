@@ -269,9 +269,16 @@ mod tests {
             let Some(raw) = fixture["request"]["body_raw"].as_str() else {
                 continue;
             };
-            if let Err(e) = parse(raw.as_bytes()) {
-                panic!("{}: {e}", entry.path().display());
-            }
+            let outgoing =
+                parse(raw.as_bytes()).unwrap_or_else(|e| panic!("{}: {e}", entry.path().display()));
+            let printed: serde_json::Value =
+                serde_json::from_str(&outgoing.content.body_string()).unwrap();
+            assert_eq!(
+                printed,
+                outgoing.content.body_json(),
+                "{}: the stored text and the object agree",
+                entry.path().display()
+            );
             parsed += 1;
         }
         assert!(parsed >= 10, "only {parsed} captured bodies found");

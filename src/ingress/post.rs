@@ -38,7 +38,7 @@ pub async fn post(
     outgoing: Outgoing,
 ) -> Result<Enqueued, PostError> {
     check_keywords(robot, &outgoing.content)?;
-    let size = outgoing.content.body_json().to_string().len();
+    let size = outgoing.content.body_string().len();
     if size > app.config.http.max_message_bytes {
         return Err(PostError::TooLong(app.config.http.max_message_bytes));
     }

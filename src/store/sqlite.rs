@@ -587,7 +587,6 @@ fn group_query<'a>(
 )> {
     let now = clock::now_ms();
     let messages: Vec<&Message> = group.iter().map(|p| &p.message).collect();
-    let records: Vec<MessageRecord> = messages.iter().map(|m| MessageRecord::from(*m)).collect();
     let keyed: Vec<(i64, &str, i64)> = messages
         .iter()
         .filter_map(|m| Some((m.conversation_id.0, m.dedupe_key.as_deref()?, m.id.0)))
@@ -601,7 +600,7 @@ fn group_query<'a>(
         .collect();
     let query = sqlx::query(sql)
         .bind(to_json(&keyed)?)
-        .bind(message_rows_json(&records)?)
+        .bind(message_rows_json(&messages)?)
         .bind(now)
         .bind(to_json(&arrivals)?)
         .bind(direct_max_members)
@@ -783,28 +782,42 @@ fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String> {
 }
 
 /// The messages as the JSON rows the group insert reads, columns in its order.
-fn message_rows_json(records: &[MessageRecord]) -> Result<String> {
-    let rows: Vec<serde_json::Value> = records
+fn message_rows_json(messages: &[&Message]) -> Result<String> {
+    type Row<'a> = (
+        i64,
+        i64,
+        i64,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        String,
+        String,
+        Option<&'a str>,
+        Option<&'a str>,
+        i64,
+    );
+    let rows: Vec<Row<'_>> = messages
         .iter()
         .map(|m| {
-            Ok(serde_json::json!([
+            Ok((
                 m.id.0,
                 m.org_id.0,
                 m.conversation_id.0,
-                m.sender.id,
+                m.sender.id.as_str(),
                 m.sender.kind.as_str(),
-                m.sender.name,
-                m.msgtype,
-                m.content.to_string(),
+                m.sender.name.as_str(),
+                m.content.msgtype(),
+                m.content.body_string(),
                 serde_json::to_string(&m.at)?,
-                m.thread_key,
-                m.dedupe_key,
+                m.thread_key.as_deref(),
+                m.dedupe_key.as_deref(),
                 m.created_at_ms,
-            ]))
+            ))
         })
         .collect::<std::result::Result<_, serde_json::Error>>()
         .map_err(anyhow::Error::from)?;
-    Ok(serde_json::Value::Array(rows).to_string())
+    to_json(&rows)
 }
 
 #[cfg(test)]
