@@ -260,7 +260,11 @@ macro_rules! shared_store_impl {
             /// The new messages queued right behind `head` in its conversation that can ride in
             /// its fanout: the unbroken sequence of first-attempt `Post` tasks that are due.
             /// Anything else (a recall, a member change, a retry) ends the run, so every event
-            /// keeps its place in the conversation's order.
+            /// keeps its place in the conversation's order. None while a task with a lower id
+            /// is still queued: on PostgreSQL ids are taken at insert, not at commit, so the
+            /// head may have been claimed before a lower id committed, and a sender's next
+            /// message (queued after that one was answered) must not ride ahead of it. The
+            /// check is in the same statement, so both see one snapshot.
             async fn follower_candidates(
                 pool: &sqlx::Pool<$db>,
                 conversation: ConversationId,
@@ -272,6 +276,7 @@ macro_rules! shared_store_impl {
                 }
                 let rows = sqlx::query(
                     "SELECT id, payload, attempts, run_at FROM tasks WHERE conversation_id = $1 AND id > $2 \
+                     AND NOT EXISTS (SELECT 1 FROM tasks o WHERE o.conversation_id = $1 AND o.id < $2) \
                      ORDER BY id LIMIT $3",
                 )
                 .bind(conversation.0)

@@ -1137,4 +1137,58 @@ mod tests {
             .unwrap();
         assert_eq!(count, written);
     }
+
+    /// A head claimed while a lower task id of its conversation was still queued (on
+    /// PostgreSQL, ids are taken at insert and can commit out of order) takes no followers: a
+    /// sender's next message must not ride ahead of its previous one. The lowest task does.
+    #[tokio::test]
+    async fn no_message_rides_ahead_of_a_lower_queued_task() {
+        let (_dir, store, org, _, conversation) = store_with_group(0).await;
+        // Two members, so a chunk of one makes the task a multi-chunk one (runs need that).
+        let other = NewUser {
+            name: "other".into(),
+            mobile: None,
+            email: None,
+            staff_id: None,
+            role: None,
+        };
+        let other = store.create_users(org, &[other]).await.unwrap()[0].id;
+        store
+            .add_members(org, conversation, &[other])
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM tasks")
+            .execute(store.writer())
+            .await
+            .unwrap();
+        for id in [60, 61, 62] {
+            store
+                .enqueue_message_impl(&message(id, org, conversation, &format!("k{id}")))
+                .await
+                .unwrap();
+        }
+        let tasks: Vec<i64> =
+            sqlx::query_scalar("SELECT id FROM tasks WHERE conversation_id = $1 ORDER BY id")
+                .bind(conversation.0)
+                .fetch_all(store.reader())
+                .await
+                .unwrap();
+        assert_eq!(tasks.len(), 3);
+        let riders = |plan: ChunkPlan| plan.followers.iter().map(|f| f.id).collect::<Vec<_>>();
+        let plan = store
+            .chunk_plan(tasks[1], conversation, 1, 15)
+            .await
+            .unwrap();
+        assert_eq!(
+            riders(plan),
+            Vec::<i64>::new(),
+            "task {} is still queued",
+            tasks[0]
+        );
+        let plan = store
+            .chunk_plan(tasks[0], conversation, 1, 15)
+            .await
+            .unwrap();
+        assert_eq!(riders(plan), tasks[1..].to_vec());
+    }
 }
