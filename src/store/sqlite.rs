@@ -1046,22 +1046,27 @@ mod tests {
         .execute(store.writer())
         .await
         .unwrap();
-        let answer = store
-            .enqueue_message_impl(&message(40, org, conversation, "a"))
-            .await
-            .unwrap();
-        assert_eq!(answer, Enqueued::New(MessageId(40)));
-        assert_eq!(store.head_pts(admin).await.unwrap(), before);
-        assert_eq!(queued_tasks(&store, conversation).await, 2);
+        let sent = message(40, org, conversation, "a");
+        assert_queued_not_written(&store, &sent, admin, before, 2).await;
 
         let (_dir, store, org, admin, conversation) = store_with_group(0).await;
-        let answer = store
-            .enqueue_message_impl(&message(41, org, conversation, "a"))
-            .await
-            .unwrap();
-        assert_eq!(answer, Enqueued::New(MessageId(41)));
-        assert_eq!(store.head_pts(admin).await.unwrap(), before);
-        assert_eq!(queued_tasks(&store, conversation).await, 1);
+        let sent = message(41, org, conversation, "a");
+        assert_queued_not_written(&store, &sent, admin, before, 1).await;
+    }
+
+    /// Enqueues `sent` and checks that it was queued (the conversation then holds `queued`
+    /// tasks) and that `member`'s pts did not move from `before`.
+    async fn assert_queued_not_written(
+        store: &SqliteStore,
+        sent: &Message,
+        member: UserId,
+        before: i64,
+        queued: i64,
+    ) {
+        let answer = store.enqueue_message_impl(sent).await.unwrap();
+        assert_eq!(answer, Enqueued::New(sent.id));
+        assert_eq!(store.head_pts(member).await.unwrap(), before);
+        assert_eq!(queued_tasks(store, sent.conversation_id).await, queued);
     }
 
     async fn queued_tasks(store: &SqliteStore, conversation: ConversationId) -> i64 {
