@@ -210,7 +210,7 @@ fn within(title: String, text: String, buttons: Vec<ActionButton>, max_bytes: us
     let mut budget = max_bytes.saturating_sub(title.len() + 512);
     loop {
         let content = card(title.clone(), fit(text.clone(), budget), buttons.clone());
-        let size = content.body_json().to_string().len();
+        let size = content.body_string().len();
         if size <= max_bytes || budget < 64 {
             return content;
         }

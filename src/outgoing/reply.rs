@@ -136,7 +136,7 @@ pub async fn post_content(
 ) -> Result<MessageId, ApiError> {
     check_installed(bot, conversation)?;
     let (size, max_bytes) = (
-        content.body_json().to_string().len(),
+        content.body_string().len(),
         app.config.http.max_message_bytes,
     );
     if size > max_bytes {

@@ -910,7 +910,7 @@ macro_rules! shared_store_impl {
                      WHERE id = $4 AND org_id = $5 AND recalled = $6 RETURNING conversation_id",
                 )
                 .bind(content.msgtype())
-                .bind(content.body_json().to_string())
+                .bind(content.body_string())
                 .bind(now)
                 .bind(id.0)
                 .bind(org.0)
