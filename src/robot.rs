@@ -215,6 +215,14 @@ pub fn new_shared_secret() -> String {
     hex(&rand::random::<[u8; 32]>())
 }
 
+/// Lowercase hex, as GitHub's signatures and herald's secrets spell it (on every signed
+/// webhook, so without a `format!` per byte).
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
 }

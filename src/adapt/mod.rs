@@ -12,6 +12,7 @@ pub mod github;
 pub mod gitlab;
 pub mod grafana;
 pub mod pagerduty;
+mod prune;
 pub mod slack;
 
 use serde::Serialize;
@@ -164,6 +165,21 @@ fn route(raw: &RawWebhook<Verified>) -> Result<Adapted, AdaptError> {
 
 /// Parses a JSON body, or a form body whose `payload` field holds the JSON (GitHub, Slack).
 pub fn json_body(raw: &RawWebhook<Verified>) -> Result<serde_json::Value, AdaptError> {
+    json_body_with(raw, |body| serde_json::from_slice(body))
+}
+
+/// `json_body` without the object members `dropped` names (see `prune`).
+pub fn json_body_without(
+    raw: &RawWebhook<Verified>,
+    dropped: fn(&str) -> bool,
+) -> Result<serde_json::Value, AdaptError> {
+    json_body_with(raw, |body| prune::from_slice_without(body, dropped))
+}
+
+fn json_body_with(
+    raw: &RawWebhook<Verified>,
+    parse: impl Fn(&[u8]) -> serde_json::Result<serde_json::Value>,
+) -> Result<serde_json::Value, AdaptError> {
     let ctype = raw.content_type();
     if ctype == "application/x-www-form-urlencoded" {
         let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&raw.body)
@@ -173,7 +189,7 @@ pub fn json_body(raw: &RawWebhook<Verified>) -> Result<serde_json::Value, AdaptE
             .find(|(k, _)| k == "payload")
             .map(|(_, v)| v)
             .ok_or_else(|| AdaptError::BadPayload("form body without a payload field".into()))?;
-        return serde_json::from_str(&payload)
+        return parse(payload.as_bytes())
             .map_err(|e| AdaptError::BadPayload(format!("invalid JSON in payload: {e}")));
     }
     if !(ctype.is_empty() || ctype.contains("json")) {
@@ -181,8 +197,8 @@ pub fn json_body(raw: &RawWebhook<Verified>) -> Result<serde_json::Value, AdaptE
             "expected application/json (or a form with payload=), got {ctype}"
         )));
     }
-    let value: serde_json::Value = serde_json::from_slice(&raw.body)
-        .map_err(|e| AdaptError::BadPayload(format!("invalid JSON body: {e}")))?;
+    let value =
+        parse(&raw.body).map_err(|e| AdaptError::BadPayload(format!("invalid JSON body: {e}")))?;
     if value.is_object() {
         Ok(value)
     } else {

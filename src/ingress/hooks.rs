@@ -52,12 +52,13 @@ pub async fn receive(
     };
     let mut posted = 0;
     let mut skipped = Vec::new();
-    for event in &events {
+    for event in events {
+        let name = event.event.clone();
         let was_posted = deliver(&app, &verified, event).await?;
-        app.robot_stats.count(robot_id, &event.event, was_posted);
+        app.robot_stats.count(robot_id, &name, was_posted);
         match was_posted {
             true => posted += 1,
-            false => skipped.push(event.event.clone()),
+            false => skipped.push(name),
         }
     }
     if !skipped.is_empty() {
@@ -108,20 +109,20 @@ async fn find_robot(app: &AppState, kind: &str, token: &str) -> Result<Robot, Ap
 async fn deliver(
     app: &AppState,
     raw: &RawWebhook<Verified>,
-    event: &Normalized,
+    event: Normalized,
 ) -> Result<bool, ApiError> {
     let robot = &raw.robot;
     let filters =
         crate::filter::Filters::parse(&robot.spec.filters).map_err(ApiError::BadRequest)?;
     let ci = filters
         .on_conclusion_change
-        .then(|| crate::filter::ci_state(event))
+        .then(|| crate::filter::ci_state(&event))
         .flatten();
     let previous = match &ci {
         Some((job, _)) => app.store.ci_conclusion(robot.id, job).await?,
         None => None,
     };
-    let posted = filters.admits_after(event, previous.as_deref())
+    let posted = filters.admits_after(&event, previous.as_deref())
         && render_and_post(app, robot, event).await?;
     if let Some((job, conclusion)) = ci {
         app.store
@@ -136,9 +137,8 @@ async fn deliver(
 async fn render_and_post(
     app: &AppState,
     robot: &Robot,
-    event: &Normalized,
+    mut event: Normalized,
 ) -> Result<bool, ApiError> {
-    let mut event = event.clone();
     let kept = keep_from_card(app, robot, &mut event).await?;
     let content = match &event.content {
         Some(content) => Some(content.clone()),

@@ -111,9 +111,7 @@ impl Hasher for ShaHasher {
     }
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::robot::hex;
 
 #[cfg(test)]
 mod tests {
