@@ -93,9 +93,12 @@ impl SqliteStore {
             .pragma("cache_size", "-65536")
             .pragma("temp_store", "memory")
             .statement_cache_capacity(256);
+        // No ping before each acquire: the connection is a thread of this process, not a socket
+        // that can die quietly, and the ping was one more hand-off to that thread per commit.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(60))
             .after_connect(|conn, _| {
                 Box::pin(async move {
@@ -108,6 +111,7 @@ impl SqliteStore {
         sqlx::migrate!("migrations/sqlite").run(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(60))
             .connect_with(options.read_only(true))
             .await?;
