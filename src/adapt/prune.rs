@@ -12,7 +12,12 @@ use serde_json::{Map, Number, Value};
 /// Parses `body` as one JSON value, leaving out every object member whose key `dropped`
 /// names, at any depth.
 pub fn from_slice_without(body: &[u8], dropped: fn(&str) -> bool) -> serde_json::Result<Value> {
-    let mut de = serde_json::Deserializer::from_slice(body);
+    // Skipped values are not checked for UTF-8, so the whole body is, first (and then not again
+    // string by string). A body that fails gets serde_json's own error, as it did before.
+    let Ok(text) = std::str::from_utf8(body) else {
+        return serde_json::from_slice(body);
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
     let value = Pruned { dropped }.deserialize(&mut de)?;
     de.end()?;
     Ok(value)
@@ -154,6 +159,9 @@ mod tests {
             b"{\"a\": tru}",
             b"",
             b"{\"a_url\": \"unterminated}",
+            b"{\"a_url\": \"\xff\"}",
+            b"{\"a_url\": \"\\q\"}",
+            b"{\"a_url\": \"\x01\"}",
         ] {
             assert!(serde_json::from_slice::<Value>(bad).is_err());
             assert!(from_slice_without(bad, api_urls).is_err(), "{bad:?}");
