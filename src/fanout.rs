@@ -136,10 +136,10 @@ fn wake_outgoing_if(app: &AppState, queued: bool) {
 /// or, when the commit already wrote it to every member, their live connections. Runs as a
 /// task of its own, so the wake-up still happens when the request that posted the message is
 /// dropped (its client hung up) after the commit: a message in the inboxes with nobody woken
-/// would reach live feeds only at their next poll.
-pub async fn enqueue_and_wake(app: &AppState, message: &Message) -> Result<Enqueued, StoreError> {
+/// would reach live feeds only at their next poll. Takes the message by value: the task needs
+/// its own, and most callers have no further use for theirs.
+pub async fn enqueue_and_wake(app: &AppState, message: Message) -> Result<Enqueued, StoreError> {
     let app = app.clone();
-    let message = message.clone();
     tokio::spawn(async move {
         let waker = Waker::new(&app);
         let enqueued = app.store.enqueue_message(&message).await?;

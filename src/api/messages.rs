@@ -148,7 +148,7 @@ pub(crate) async fn post_message(
         recalled: false,
         created_at_ms: now,
     };
-    let enqueued = crate::fanout::enqueue_and_wake(&app, &message).await?;
+    let enqueued = crate::fanout::enqueue_and_wake(&app, message.clone()).await?;
     let (status, id, duplicate) = match enqueued {
         Enqueued::New(id) | Enqueued::Delivered(id, _) => {
             // "ack" / "resolve" replies to an alert; the message is posted either way.

@@ -71,7 +71,7 @@ pub async fn post(
         recalled: false,
         created_at_ms: now,
     };
-    Ok(crate::fanout::enqueue_and_wake(app, &message).await?)
+    Ok(crate::fanout::enqueue_and_wake(app, message).await?)
 }
 
 /// Updates a robot's card in place; false when it is gone (recalled or deleted). The card's

@@ -182,7 +182,7 @@ async fn post_as(
         recalled: false,
         created_at_ms: clock::now_ms(),
     };
-    let enqueued = crate::fanout::enqueue_and_wake(app, &message).await?;
+    let enqueued = crate::fanout::enqueue_and_wake(app, message).await?;
     Ok(enqueued.id())
 }
 
