@@ -3,11 +3,11 @@
 //! small pool of readers that never block it. One herald process per file: `serve` holds a
 //! lock on the data directory.
 //!
-//! Accepting a message is a group commit: every enqueue waiting while the writer syncs goes
-//! into the next transaction together, and each caller is answered after that commit, so a
-//! burst of webhooks costs one fsync per group instead of one per message.
+//! Accepting a message is a group commit (`group_commit`), written by a thread with a
+//! connection of its own while it holds the writer connection, so writes still take turns.
 
-use std::collections::HashMap;
+mod group_commit;
+
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -23,54 +23,13 @@ use super::*;
 use crate::clock;
 use crate::config::{Config, Synchronous};
 use crate::model::{Role, SenderKind};
+use group_commit::{group_commit_loop, Pending, PendingEnqueue, WriterThread};
 
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     pending: Arc<Pending>,
-    /// `fanout.direct_max_members`.
-    direct_max_members: i64,
 }
-
-/// Enqueues waiting for a commit: the group commit loop takes them, and so does a fanout batch
-/// about to commit (see `fan_out_batch_impl`), so that one commit and one fsync serve both.
-#[derive(Default)]
-struct Pending {
-    queue: std::sync::Mutex<std::collections::VecDeque<PendingEnqueue>>,
-    arrived: tokio::sync::Notify,
-}
-
-impl Pending {
-    fn push(&self, enqueue: PendingEnqueue) {
-        self.lock().push_back(enqueue);
-        self.arrived.notify_one();
-    }
-
-    /// Up to `GROUP_COMMIT_MAX - group.len()` more, in arrival order.
-    fn take_into(&self, group: &mut Vec<PendingEnqueue>) {
-        let mut queue = self.lock();
-        let n = queue
-            .len()
-            .min(GROUP_COMMIT_MAX.saturating_sub(group.len()));
-        group.extend(queue.drain(..n));
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<PendingEnqueue>> {
-        // A panic while holding the lock leaves a consistent queue: keep using it.
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// A message waiting for the next group commit, and where its answer goes.
-struct PendingEnqueue {
-    message: Message,
-    answer: tokio::sync::oneshot::Sender<Result<Enqueued>>,
-}
-
-/// The most messages one group commit takes.
-const GROUP_COMMIT_MAX: usize = 256;
-/// How many times a group commit lets other tasks run to gather more of the group (`gather`).
-const GATHER_YIELDS: usize = 2;
 
 impl SqliteStore {
     /// Locks the rows a `SELECT` reads against concurrent deletes until commit (PostgreSQL;
@@ -100,12 +59,6 @@ impl SqliteStore {
             .min_connections(1)
             .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(60))
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    sqlx::Executor::execute(&mut *conn, CREATE_GROUP_NEW).await?;
-                    Ok(())
-                })
-            })
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&writer).await?;
@@ -116,17 +69,16 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await?;
         let pending = Arc::new(Pending::default());
-        let direct_max_members = i64::from(config.fanout.direct_max_members);
-        tokio::spawn(group_commit_loop(
-            writer.clone(),
-            pending.clone(),
-            direct_max_members,
-        ));
+        let thread = WriterThread::start(
+            &path,
+            config.sqlite.synchronous,
+            i64::from(config.fanout.direct_max_members),
+        )?;
+        tokio::spawn(group_commit_loop(writer.clone(), pending.clone(), thread));
         Ok(SqliteStore {
             writer,
             reader,
             pending,
-            direct_max_members,
         })
     }
 
@@ -377,40 +329,8 @@ impl SqliteStore {
                 bot_events |= Self::enqueue_bot_events_tx(&mut tx, job).await?;
             }
         }
-        // Enqueues waiting for the writer commit with this batch: one commit (and fsync) for
-        // both. If they fail, so does the batch (its tasks are retried one by one).
-        let mut group = Vec::new();
-        self.pending.take_into(&mut group);
-        if group.is_empty() {
-            tx.commit().await?;
-        } else {
-            let enqueued = Self::enqueue_group_tx(&mut tx, &group, self.direct_max_members).await;
-            let committed = match enqueued {
-                Ok(outcomes) => tx
-                    .commit()
-                    .await
-                    .map(|()| outcomes)
-                    .map_err(StoreError::from),
-                Err(e) => Err(e),
-            };
-            let failed = committed.as_ref().err().map(|e| e.to_string());
-            answer(group, committed);
-            if let Some(why) = failed {
-                return Err(StoreError::Other(anyhow::anyhow!("{why}")));
-            }
-        }
+        tx.commit().await?;
         Ok(batch_outcomes(jobs, &live, written, bot_events))
-    }
-
-    /// The group commit's statements inside an open transaction.
-    async fn enqueue_group_tx(
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        group: &[PendingEnqueue],
-        direct_max_members: i64,
-    ) -> Result<Vec<Enqueued>> {
-        let (query, messages) = group_query(group, GROUP_ENQUEUE_SQL, direct_max_members)?;
-        let rows = query.fetch_all(&mut **tx).await?;
-        enqueue_outcomes(&messages, &rows)
     }
 
     /// Writes the event to `also_notify` users who are not (or no longer) members.
@@ -448,75 +368,6 @@ impl SqliteStore {
 }
 
 shared_store_impl!(SqliteStore, sqlx::Sqlite);
-
-/// Commits waiting enqueues in groups: takes what has queued up (at most
-/// `GROUP_COMMIT_MAX`), writes all in one transaction and answers each caller after the commit.
-/// A failed commit fails the whole group; nothing in it was acknowledged. The writer connection
-/// is taken before the group, so enqueues that wait while a fanout batch holds it go into that
-/// batch's commit instead.
-async fn group_commit_loop(writer: SqlitePool, pending: Arc<Pending>, direct_max_members: i64) {
-    loop {
-        pending.arrived.notified().await;
-        loop {
-            let conn = match writer.acquire().await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "group commit: no writer connection; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let mut group = Vec::new();
-            gather(&pending, &mut group).await;
-            if group.is_empty() {
-                break;
-            }
-            let results = commit_group(conn, &group, direct_max_members).await;
-            answer(group, results);
-        }
-    }
-}
-
-/// Hands each waiting caller its outcome, or the group's error.
-fn answer(group: Vec<PendingEnqueue>, results: Result<Vec<Enqueued>>) {
-    match results {
-        Ok(results) => {
-            for (p, result) in group.into_iter().zip(results) {
-                let _ = p.answer.send(Ok(result));
-            }
-        }
-        Err(e) => {
-            let why = e.to_string();
-            for p in group {
-                let _ = p
-                    .answer
-                    .send(Err(StoreError::Other(anyhow::anyhow!("{why}"))));
-            }
-        }
-    }
-}
-
-/// Takes what is waiting into the group. Each time the queue runs dry it first lets the other
-/// ready tasks run once: right after a commit the answered requests' connections send their
-/// next requests, and without the yield the loop would wake on the first of them and commit it
-/// nearly alone, paying a commit (and an fsync) per request or two.
-async fn gather(pending: &Pending, group: &mut Vec<PendingEnqueue>) {
-    let mut yields = 0;
-    loop {
-        let before = group.len();
-        pending.take_into(group);
-        if group.len() >= GROUP_COMMIT_MAX {
-            return;
-        }
-        if group.len() == before {
-            if yields == GATHER_YIELDS {
-                return;
-            }
-            yields += 1;
-            tokio::task::yield_now().await;
-        }
-    }
-}
 
 /// The batch fanout's statements (see `fan_out_batch_impl`). `$1` holds the batch as
 /// `[seq, conversation, task, kind, ref]` rows; `b` keeps the ones whose task is still queued.
@@ -563,266 +414,6 @@ const BATCH_FANOUT_SQL_RETURNING: &str = batch_fanout_sql!(concat!(
     " SELECT json_group_array(json_array(r.user_id, p.pts - r.n + r.k, r.ref)) \
      FROM r JOIN user_pts p ON p.user_id = r.user_id; "
 ));
-
-/// Writes the group as one command to the writer's thread: `BEGIN IMMEDIATE`, the dedupe
-/// claims, the messages, their tasks, `COMMIT`. Every statement takes the whole group as one
-/// JSON array and the only row that comes back is one JSON array of dedupe holders, because
-/// each command and each returned row is a hand-off between threads, and on a loaded 2-core
-/// machine those hand-offs, not SQLite, were most of a webhook's cost.
-async fn commit_group(
-    conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
-    group: &[PendingEnqueue],
-    direct_max_members: i64,
-) -> Result<Vec<Enqueued>> {
-    let (query, messages) = group_query(group, GROUP_COMMIT_SQL, direct_max_members)?;
-    let rows = one_command(conn, query).await?;
-    enqueue_outcomes(&messages, &rows)
-}
-
-/// The group's statements with its rows bound: `sql` is `GROUP_COMMIT_SQL`, or its body alone
-/// inside a transaction that is already open.
-fn group_query<'a>(
-    group: &'a [PendingEnqueue],
-    sql: &'static str,
-    direct_max_members: i64,
-) -> Result<(
-    sqlx::query::Query<'static, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'static>>,
-    Vec<&'a Message>,
-)> {
-    let now = clock::now_ms();
-    let messages: Vec<&Message> = group.iter().map(|p| &p.message).collect();
-    let keyed: Vec<(i64, &str, i64)> = messages
-        .iter()
-        .filter_map(|m| Some((m.conversation_id.0, m.dedupe_key.as_deref()?, m.id.0)))
-        .collect();
-    let arrivals: Vec<(i64, i64, Option<&str>, i64)> = messages
-        .iter()
-        .map(|m| {
-            let key = m.dedupe_key.as_deref();
-            (m.id.0, m.conversation_id.0, key, m.created_at_ms)
-        })
-        .collect();
-    let query = sqlx::query(sql)
-        .bind(to_json(&keyed)?)
-        .bind(message_rows_json(&messages)?)
-        .bind(now)
-        .bind(to_json(&arrivals)?)
-        .bind(direct_max_members)
-        .bind(EventKind::MessageCreated.code());
-    Ok((query, messages))
-}
-
-/// Which of the group's messages were new, from its row of dedupe holders, and which of those
-/// were written to their members directly, from the row that follows it.
-fn enqueue_outcomes(
-    messages: &[&Message],
-    rows: &[sqlx::sqlite::SqliteRow],
-) -> Result<Vec<Enqueued>> {
-    let column = |row: usize, column: usize| -> Result<&str> {
-        let row = rows
-            .get(row)
-            .ok_or_else(|| anyhow::anyhow!("group commit: row {row} missing"))?;
-        Ok(row.try_get::<&str, _>(column)?)
-    };
-    let parse = |what: &str, text: &str| -> Result<Vec<(i64, i64)>> {
-        Ok(serde_json::from_str(text).map_err(|e| anyhow::anyhow!("{what}: {e}"))?)
-    };
-    let holders: HashMap<i64, i64> = parse("dedupe holders", column(0, 0)?)?
-        .into_iter()
-        .collect();
-    let direct: Vec<i64> =
-        serde_json::from_str(column(1, 0)?).map_err(|e| anyhow::anyhow!("direct messages: {e}"))?;
-    let mut delivered: HashMap<i64, Vec<(UserId, i64)>> =
-        direct.into_iter().map(|id| (id, Vec::new())).collect();
-    let written: Vec<(i64, i64, i64)> =
-        serde_json::from_str(column(1, 1)?).map_err(|e| anyhow::anyhow!("direct rows: {e}"))?;
-    for (message, user, pts) in written {
-        if let Some(members) = delivered.get_mut(&message) {
-            members.push((UserId(user), pts));
-        }
-    }
-    Ok(messages
-        .iter()
-        .map(|m| match holders.get(&m.id.0) {
-            Some(&holder) if holder != m.id.0 => Enqueued::Duplicate(MessageId(holder)),
-            _ => match delivered.remove(&m.id.0) {
-                Some(members) => Enqueued::Delivered(m.id, members),
-                None => Enqueued::New(m.id),
-            },
-        })
-        .collect())
-}
-
-/// The group commit. A message is new unless its dedupe key was already held (earlier, or by
-/// an earlier message of the group, in arrival order); only new messages are written. A new
-/// message to a small idle group (`direct` below) is fanned out right here, like a batch
-/// fanout: each member's counter goes up by the number of the group's messages they get and
-/// their rows take the bumped values in arrival order. Every other new message gets a task,
-/// whose ids follow arrival order.
-const GROUP_COMMIT_SQL: &str = concat!("BEGIN IMMEDIATE; ", group_enqueue_sql!(), "COMMIT;");
-
-/// The writer connection's scratch table for the group commit's new messages (see
-/// `group_enqueue_sql`): in memory, private to the connection, emptied by each group.
-const CREATE_GROUP_NEW: &str = "CREATE TEMP TABLE IF NOT EXISTS group_new \
-    (seq INTEGER NOT NULL, id INTEGER NOT NULL, conv INTEGER NOT NULL, at INTEGER NOT NULL, \
-     direct INTEGER NOT NULL)";
-
-/// The group commit's statements without `BEGIN`/`COMMIT`, for a transaction already open.
-const GROUP_ENQUEUE_SQL: &str = group_enqueue_sql!();
-
-/// `$1` holds the dedupe claims as `[conversation, key, message]` rows, `$2` the message rows
-/// (`message_rows_json`), `$3` the time, `$4` the messages as `[message, conversation, key,
-/// created]` in arrival order, `$5` the largest group written directly and `$6` the
-/// `message.created` kind. A task's payload is built from its message's row (see
-/// `task_payload_sql`). Returns one row of dedupe holders, then one row of the directly
-/// written messages and their `[message, user, pts]`.
-macro_rules! group_enqueue_sql {
-    () => {
-        concat!(
-            "INSERT INTO dedupe (conversation_id, dedupe_key, message_id, created_at) \
-      SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), $3 \
-      FROM json_each($1) WHERE true ORDER BY key \
-      ON CONFLICT (conversation_id, dedupe_key) DO NOTHING; \
-    SELECT json_group_array(json_array(json_extract(k.value, '$[2]'), d.message_id)) \
-      FROM json_each($1) k JOIN dedupe d \
-      ON d.conversation_id = json_extract(k.value, '$[0]') AND d.dedupe_key = json_extract(k.value, '$[1]'); \
-    INSERT INTO messages (id, org_id, conversation_id, sender_id, sender_kind, sender_name, \
-      msgtype, content, at, thread_key, dedupe_key, recalled, created_at, updated_at) \
-      SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), \
-      json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'), \
-      json_extract(value, '$[6]'), json_extract(value, '$[7]'), json_extract(value, '$[8]'), \
-      json_extract(value, '$[9]'), json_extract(value, '$[10]'), 0, json_extract(value, '$[11]'), $3 \
-      FROM json_each($2) m WHERE json_extract(m.value, '$[10]') IS NULL OR EXISTS ( \
-        SELECT 1 FROM dedupe d WHERE d.conversation_id = json_extract(m.value, '$[2]') \
-        AND d.dedupe_key = json_extract(m.value, '$[10]') AND d.message_id = json_extract(m.value, '$[0]')) \
-      ORDER BY key; \
-    DELETE FROM temp.group_new; \
-    WITH ", group_enqueue_sql!(@new), " \
-    INSERT INTO temp.group_new (seq, id, conv, at, direct) \
-      SELECT n.seq, n.id, n.conv, n.at, ", group_enqueue_sql!(@direct), " FROM n; \
-    WITH r AS (SELECT m.user_id AS user_id, COUNT(*) AS n FROM temp.group_new d \
-        JOIN members m ON m.conversation_id = d.conv WHERE d.direct GROUP BY m.user_id) \
-    UPDATE user_pts SET pts = pts + r.n FROM r WHERE user_pts.user_id = r.user_id; \
-    WITH ", group_enqueue_sql!(@rows), " \
-    INSERT INTO inbox (user_id, pts, kind, conversation_id, ref_id, created_at) \
-      SELECT r.user_id, p.pts - r.n + r.k, $6, r.conv, r.id, r.at \
-      FROM r JOIN user_pts p ON p.user_id = r.user_id WHERE true; \
-    WITH ", group_enqueue_sql!(@rows), " \
-    SELECT (SELECT json_group_array(id) FROM temp.group_new WHERE direct), \
-      (SELECT json_group_array(json_array(r.id, r.user_id, p.pts - r.n + r.k)) \
-        FROM r JOIN user_pts p ON p.user_id = r.user_id); \
-    INSERT INTO tasks (conversation_id, payload, attempts, run_at, locked_until, created_at) \
-      SELECT m.conversation_id, ", task_payload_sql!(), ", 0, $3, 0, $3 \
-      FROM temp.group_new n JOIN messages m ON m.id = n.id WHERE NOT n.direct ORDER BY n.seq; "
-        )
-    };
-    // `n`: the group's new messages (`seq` is arrival order), kept in `temp.group_new` for
-    // the statements that follow (worked out once, not once per statement).
-    (@new) => {
-        "n AS (SELECT key AS seq, json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS conv, \
-           json_extract(value, '$[3]') AS at FROM json_each($4) x WHERE json_extract(x.value, '$[2]') IS NULL OR EXISTS ( \
-             SELECT 1 FROM dedupe k WHERE k.conversation_id = json_extract(x.value, '$[1]') \
-             AND k.dedupe_key = json_extract(x.value, '$[2]') AND k.message_id = json_extract(x.value, '$[0]')))"
-    };
-    // Whether a new message is written directly: to a group small enough, with no bot to hear
-    // it (bot deliveries are queued by the lanes) and nothing of its own queued (a message
-    // never overtakes its group's queue). Decided before the group's tasks are written, so
-    // all of a conversation's messages in the group go the same way.
-    (@direct) => {
-        "($5 > 0 \
-           AND COALESCE((SELECT c.member_count FROM conversations c WHERE c.id = n.conv), $5 + 1) <= $5 \
-           AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.conversation_id = n.conv) \
-           AND NOT EXISTS (SELECT 1 FROM bot_installs b WHERE b.conversation_id = n.conv))"
-    };
-    // Each member's rows: `k` of the `n` directly written messages they get.
-    (@rows) => {
-        "r AS (SELECT m.user_id AS user_id, d.conv AS conv, d.id AS id, d.at AS at, \
-           ROW_NUMBER() OVER (PARTITION BY m.user_id ORDER BY d.seq) AS k, \
-           COUNT(*) OVER (PARTITION BY m.user_id) AS n \
-           FROM temp.group_new d JOIN members m ON m.conversation_id = d.conv WHERE d.direct)"
-    };
-}
-use group_enqueue_sql;
-
-/// A queued message's task (`Task::Post`) as serde writes it, built from its `messages` row
-/// `m`: the row was just written, so the group binds each message once, not twice.
-macro_rules! task_payload_sql {
-    () => {
-        "json_object('type', 'post', 'message', json_object( \
-      'id', CAST(m.id AS TEXT), 'org_id', CAST(m.org_id AS TEXT), \
-      'conversation_id', CAST(m.conversation_id AS TEXT), \
-      'sender', json_object('id', m.sender_id, 'kind', m.sender_kind, 'name', m.sender_name), \
-      'msgtype', m.msgtype, 'content', json(m.content), 'at', json(m.at), \
-      'thread_key', m.thread_key, 'dedupe_key', m.dedupe_key, 'created_at_ms', m.created_at))"
-    };
-}
-use task_payload_sql;
-
-/// Runs a query that opens and commits its own transaction (`BEGIN …; …; COMMIT;`) as one
-/// command on one writer connection. A failed statement stops the command with the
-/// transaction still open, so it is rolled back before the connection goes back to the pool;
-/// a connection that cannot even roll back is closed instead of reused.
-async fn one_command<'q>(
-    mut conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
-    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
-) -> Result<Vec<sqlx::sqlite::SqliteRow>> {
-    match query.fetch_all(&mut *conn).await {
-        Ok(rows) => Ok(rows),
-        Err(e) => {
-            if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
-                let none_open = rollback.to_string().contains("no transaction is active");
-                if !none_open {
-                    tracing::warn!(error = %rollback, "rollback failed; closing the connection");
-                    let _ = sqlx::Connection::close(conn.detach()).await;
-                }
-            }
-            Err(e.into())
-        }
-    }
-}
-
-fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String> {
-    Ok(serde_json::to_string(value).map_err(anyhow::Error::from)?)
-}
-
-/// The messages as the JSON rows the group insert reads, columns in its order.
-fn message_rows_json(messages: &[&Message]) -> Result<String> {
-    type Row<'a> = (
-        i64,
-        i64,
-        i64,
-        &'a str,
-        &'a str,
-        &'a str,
-        &'a str,
-        String,
-        String,
-        Option<&'a str>,
-        Option<&'a str>,
-        i64,
-    );
-    let rows: Vec<Row<'_>> = messages
-        .iter()
-        .map(|m| {
-            Ok((
-                m.id.0,
-                m.org_id.0,
-                m.conversation_id.0,
-                m.sender.id.as_str(),
-                m.sender.kind.as_str(),
-                m.sender.name.as_str(),
-                m.content.msgtype(),
-                m.content.body_string(),
-                serde_json::to_string(&m.at)?,
-                m.thread_key.as_deref(),
-                m.dedupe_key.as_deref(),
-                m.created_at_ms,
-            ))
-        })
-        .collect::<std::result::Result<_, serde_json::Error>>()
-        .map_err(anyhow::Error::from)?;
-    to_json(&rows)
-}
 
 #[cfg(test)]
 mod tests {
@@ -890,8 +481,7 @@ mod tests {
     }
 
     /// A group commit whose statement fails leaves nothing behind (its dedupe claim is rolled
-    /// back with it) and the writer connection keeps working: the one-command transaction is
-    /// closed before the connection goes back to the pool.
+    /// back with it) and the writer thread keeps working.
     #[tokio::test]
     async fn a_failed_group_commit_rolls_back_and_the_writer_goes_on() {
         let (_dir, store, org, _, conversation) = store_with_group(0).await;
@@ -917,93 +507,6 @@ mod tests {
         assert_eq!(
             store.enqueue_message_impl(&again).await.unwrap(),
             Enqueued::Duplicate(MessageId(10))
-        );
-    }
-
-    /// An enqueue waiting while a fanout batch holds the writer is committed by that batch's
-    /// transaction and answered only after it commits; a clash in it fails the batch too, and
-    /// leaves nothing of either behind. The enqueues are queued without waking the group
-    /// commit loop, so only the batch can take them.
-    #[tokio::test]
-    async fn a_fanout_batch_commits_the_enqueues_waiting_for_it() {
-        let (_dir, store, org, admin, conversation) = store_with_group(0).await;
-        let waiting = |id: i64, key: &str| {
-            let (answer, answered) = tokio::sync::oneshot::channel();
-            store.pending.lock().push_back(PendingEnqueue {
-                message: message(id, org, conversation, key),
-                answer,
-            });
-            answered
-        };
-        let batch = |task_id: i64, ref_id: i64| ChunkJob {
-            task_id,
-            kind: crate::model::EventKind::MessageCreated,
-            conversation_id: conversation,
-            ref_id,
-            new_message: None,
-            chunk: 0,
-            chunks: 1,
-            first_user: i64::MIN,
-            end_user: i64::MAX,
-            also_notify: &[],
-            want_recipients: false,
-            now_ms: 1,
-            followers: &[],
-        };
-        let queued_task = |message: i64| {
-            let store = &store;
-            async move {
-                sqlx::query_scalar::<_, i64>(
-                    "SELECT id FROM tasks WHERE CAST(json_extract(payload, '$.message.id') AS INTEGER) = $1",
-                )
-                .bind(message)
-                .fetch_optional(store.reader())
-                .await
-                .unwrap()
-            }
-        };
-
-        store
-            .enqueue_message_impl(&message(20, org, conversation, "a"))
-            .await
-            .unwrap();
-        let first_task = queued_task(20).await.unwrap();
-        // Lets the loop go back to waiting for a wake-up, which `waiting` never sends.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let answered = waiting(21, "b");
-        store
-            .fan_out_batch_impl(&[batch(first_task, 20)])
-            .await
-            .unwrap();
-        let answer = tokio::time::timeout(Duration::from_secs(10), answered)
-            .await
-            .expect("the batch answered the waiting enqueue");
-        assert_eq!(answer.unwrap().unwrap(), Enqueued::New(MessageId(21)));
-        assert!(queued_task(20).await.is_none(), "the batch's task is done");
-        let second_task = queued_task(21)
-            .await
-            .expect("the waiting message is queued");
-
-        // Message id 21 again: its insert fails, so the batch fails and is rolled back too.
-        let answered = waiting(21, "c");
-        assert!(store
-            .fan_out_batch_impl(&[batch(second_task, 21)])
-            .await
-            .is_err());
-        let answer = tokio::time::timeout(Duration::from_secs(10), answered)
-            .await
-            .expect("the batch answered the waiting enqueue");
-        assert!(answer.unwrap().is_err());
-        assert_eq!(
-            queued_task(21).await,
-            Some(second_task),
-            "the batch was rolled back"
-        );
-        assert_eq!(store.dedupe_lookup(conversation, "c").await.unwrap(), None);
-        assert_eq!(
-            store.head_pts(admin).await.unwrap(),
-            1,
-            "message 20 only (no lane runs here)"
         );
     }
 
