@@ -13,10 +13,12 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, OpenFlags, OptionalExtension, TransactionBehavior};
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::SqlitePool;
+use sqlx::Sqlite;
 
 use crate::clock;
 use crate::config::Synchronous;
@@ -62,6 +64,8 @@ pub(super) struct PendingEnqueue {
 
 /// The most messages one group commit takes.
 const GROUP_COMMIT_MAX: usize = 256;
+/// The longest the group commit keeps sqlx's writer connection while groups keep coming.
+const WRITER_HOLD: Duration = Duration::from_millis(2);
 /// How many times a group commit lets other tasks run to gather more of the group (`gather`).
 const GATHER_YIELDS: usize = 2;
 
@@ -139,6 +143,11 @@ fn open(path: &Path, synchronous: Synchronous) -> anyhow::Result<rusqlite::Conne
 /// Commits waiting enqueues in groups: takes what has queued up (at most `GROUP_COMMIT_MAX`),
 /// has the writer thread write all of it in one transaction and answer each caller after the
 /// commit. A failed commit fails the whole group; nothing in it was acknowledged.
+///
+/// sqlx's writer connection is held while the thread writes, so no sqlx write runs at the same
+/// time. It is kept from one group to the next for up to `WRITER_HOLD` while groups keep coming:
+/// sqlx pings a connection's thread each time one goes back to its pool, a hand-off per group
+/// otherwise. Its pool is fair, so a write waiting for it goes first once it is released.
 pub(super) async fn group_commit_loop(
     writer: SqlitePool,
     pending: Arc<Pending>,
@@ -146,23 +155,30 @@ pub(super) async fn group_commit_loop(
 ) {
     loop {
         pending.arrived.notified().await;
+        let mut held: Option<(PoolConnection<Sqlite>, Instant)> = None;
         loop {
-            // Held while the thread writes: no sqlx write runs at the same time.
-            let lock = match writer.acquire().await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "group commit: no writer connection; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+            if held
+                .as_ref()
+                .is_some_and(|(_, since)| since.elapsed() >= WRITER_HOLD)
+            {
+                held = None;
+            }
+            if held.is_none() {
+                match writer.acquire().await {
+                    Ok(conn) => held = Some((conn, Instant::now())),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "group commit: no writer connection; retrying");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
                 }
-            };
+            }
             let mut group = Vec::new();
             gather(&pending, &mut group).await;
             if group.is_empty() {
                 break;
             }
             thread.commit(group).await;
-            drop(lock);
         }
     }
 }
