@@ -618,6 +618,73 @@ mod tests {
         );
     }
 
+    /// One group mixing a direct conversation, a queued one (a task waits in it) and a key
+    /// repeated inside the group: each message gets its own outcome, the route is decided per
+    /// conversation, and a member of both gets consecutive pts for the direct messages only.
+    #[tokio::test]
+    async fn one_group_mixes_direct_queued_and_repeated_messages() {
+        let (_dir, store, org, admin, direct) = store_with_group(100).await;
+        let queued = store
+            .create_conversation(&NewConversation {
+                org_id: org,
+                kind: ConversationKind::Group,
+                title: "q".into(),
+                owner_id: admin,
+                members: vec![admin],
+                bot: None,
+            })
+            .await
+            .unwrap()
+            .id;
+        sqlx::query("DELETE FROM tasks")
+            .execute(store.writer())
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO tasks (conversation_id, payload, attempts, run_at, locked_until, created_at) \
+             VALUES ($1, '{}', 3, 0, 0, 0)",
+        )
+        .bind(queued.0)
+        .execute(store.writer())
+        .await
+        .unwrap();
+        let before = store.head_pts(admin).await.unwrap();
+        let sent = [
+            message(70, org, direct, "a"),
+            message(71, org, queued, "a"),
+            message(72, org, direct, "a"),
+            message(73, org, direct, "b"),
+        ];
+        let answers: Vec<_> = sent
+            .into_iter()
+            .map(|message| {
+                let (answer, answered) = tokio::sync::oneshot::channel();
+                store
+                    .pending
+                    .lock()
+                    .push_back(PendingEnqueue { message, answer });
+                answered
+            })
+            .collect();
+        store.pending.arrived.notify_one();
+        let mut outcomes = Vec::new();
+        for answered in answers {
+            outcomes.push(answered.await.unwrap().unwrap());
+        }
+        assert_eq!(
+            outcomes,
+            vec![
+                Enqueued::Delivered(MessageId(70), vec![(admin, before + 1)]),
+                Enqueued::New(MessageId(71)),
+                Enqueued::Duplicate(MessageId(70)),
+                Enqueued::Delivered(MessageId(73), vec![(admin, before + 2)]),
+            ]
+        );
+        assert_eq!(store.head_pts(admin).await.unwrap(), before + 2);
+        assert_eq!(queued_tasks(&store, queued).await, 2);
+        assert_eq!(queued_tasks(&store, direct).await, 0);
+    }
+
     /// Groups of any size write each of their messages once.
     #[tokio::test]
     async fn groups_of_every_size_write_each_message_once() {
