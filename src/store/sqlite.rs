@@ -460,11 +460,23 @@ mod tests {
         let store = SqliteStore::open(&config).await.unwrap();
         let org = store.bootstrap().await.unwrap().default_org.id;
         let admin = store.find_user(org, "admin").await.unwrap().id;
+        let conversation = admin_group(&store, org, admin, "g").await;
+        (dir, store, org, admin, conversation)
+    }
+
+    /// A new group of `admin` alone. No lane runs here: every queued task (the group's
+    /// announcements among them) is dropped, as if done.
+    async fn admin_group(
+        store: &SqliteStore,
+        org: OrgId,
+        admin: UserId,
+        title: &str,
+    ) -> ConversationId {
         let conversation = store
             .create_conversation(&NewConversation {
                 org_id: org,
                 kind: ConversationKind::Group,
-                title: "g".into(),
+                title: title.into(),
                 owner_id: admin,
                 members: vec![admin],
                 bot: None,
@@ -472,12 +484,23 @@ mod tests {
             .await
             .unwrap()
             .id;
-        // No lane runs here: drop the group's announcements, as if they were done.
         sqlx::query("DELETE FROM tasks")
             .execute(store.writer())
             .await
             .unwrap();
-        (dir, store, org, admin, conversation)
+        conversation
+    }
+
+    /// A task waiting in the conversation (a retry), which its new messages must queue behind.
+    async fn queue_waiting_task(store: &SqliteStore, conversation: ConversationId) {
+        sqlx::query(
+            "INSERT INTO tasks (conversation_id, payload, attempts, run_at, locked_until, created_at) \
+             VALUES ($1, '{}', 3, 0, 0, 0)",
+        )
+        .bind(conversation.0)
+        .execute(store.writer())
+        .await
+        .unwrap();
     }
 
     /// A group commit whose statement fails leaves nothing behind (its dedupe claim is rolled
@@ -545,14 +568,7 @@ mod tests {
     async fn a_message_behind_a_queued_task_or_to_a_larger_group_is_queued() {
         let (_dir, store, org, admin, conversation) = store_with_group(100).await;
         let before = store.head_pts(admin).await.unwrap();
-        sqlx::query(
-            "INSERT INTO tasks (conversation_id, payload, attempts, run_at, locked_until, created_at) \
-             VALUES ($1, '{}', 3, 0, 0, 0)",
-        )
-        .bind(conversation.0)
-        .execute(store.writer())
-        .await
-        .unwrap();
+        queue_waiting_task(&store, conversation).await;
         let sent = message(40, org, conversation, "a");
         assert_queued_not_written(&store, &sent, admin, before, 2).await;
 
@@ -624,30 +640,8 @@ mod tests {
     #[tokio::test]
     async fn one_group_mixes_direct_queued_and_repeated_messages() {
         let (_dir, store, org, admin, direct) = store_with_group(100).await;
-        let queued = store
-            .create_conversation(&NewConversation {
-                org_id: org,
-                kind: ConversationKind::Group,
-                title: "q".into(),
-                owner_id: admin,
-                members: vec![admin],
-                bot: None,
-            })
-            .await
-            .unwrap()
-            .id;
-        sqlx::query("DELETE FROM tasks")
-            .execute(store.writer())
-            .await
-            .unwrap();
-        sqlx::query(
-            "INSERT INTO tasks (conversation_id, payload, attempts, run_at, locked_until, created_at) \
-             VALUES ($1, '{}', 3, 0, 0, 0)",
-        )
-        .bind(queued.0)
-        .execute(store.writer())
-        .await
-        .unwrap();
+        let queued = admin_group(&store, org, admin, "q").await;
+        queue_waiting_task(&store, queued).await;
         let before = store.head_pts(admin).await.unwrap();
         let sent = [
             message(70, org, direct, "a"),

@@ -238,7 +238,6 @@ impl GroupWriter {
         let written =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.write_group(&messages)))
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("the group commit panicked")));
-        drop(messages);
         answer(group, written.map_err(StoreError::Other));
     }
 
@@ -256,13 +255,13 @@ impl GroupWriter {
             now,
             direct_max_members,
             routes: HashMap::new(),
-            counters: HashMap::new(),
+            counters: Counters::default(),
         };
         let outcomes = messages
             .iter()
             .map(|m| group.write(m))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        group.store_counters()?;
+        group.counters.store(&tx)?;
         tx.commit()?;
         Ok(outcomes)
     }
@@ -285,15 +284,13 @@ struct Group<'t> {
     now: i64,
     direct_max_members: i64,
     routes: HashMap<i64, Route>,
-    /// Members' pts counters as this group has moved them (`None`: the user has none), stored
-    /// once at the end rather than once per message.
-    counters: HashMap<i64, Counter>,
+    counters: Counters,
 }
 
-struct Counter {
-    pts: Option<i64>,
-    moved: bool,
-}
+/// Members' pts counters as this group has bumped them (`None`: the user has none), read at a
+/// member's first row in the group and stored once at its end rather than once per message.
+#[derive(Default)]
+struct Counters(HashMap<i64, Option<i64>>);
 
 impl Group<'_> {
     fn write(&mut self, m: &Message) -> anyhow::Result<Enqueued> {
@@ -306,15 +303,16 @@ impl Group<'_> {
             let route = self.route_of(conversation)?;
             self.routes.insert(conversation, route);
         }
-        let members = match &self.routes[&conversation] {
-            Route::Direct(members) => members.clone(),
+        match &self.routes[&conversation] {
+            Route::Direct(members) => {
+                let delivered = write_to_inboxes(self.tx, &mut self.counters, m, members)?;
+                Ok(Enqueued::Delivered(m.id, delivered))
+            }
             Route::Queued => {
                 self.insert_task(m)?;
-                return Ok(Enqueued::New(m.id));
+                Ok(Enqueued::New(m.id))
             }
-        };
-        let delivered = self.write_to_inboxes(m, &members)?;
-        Ok(Enqueued::Delivered(m.id, delivered))
+        }
     }
 
     /// Claims the message's dedupe key; the holder's id when another message holds it.
@@ -415,63 +413,59 @@ impl Group<'_> {
             ])?;
         Ok(())
     }
+}
 
-    /// One inbox row per member, each at the member's next pts. Members without a counter
-    /// (no `user_pts` row) get none, as in every other fanout.
-    fn write_to_inboxes(
-        &mut self,
-        m: &Message,
-        members: &[i64],
-    ) -> rusqlite::Result<Vec<(UserId, i64)>> {
-        let mut insert = self.tx.prepare_cached(
-            "INSERT INTO inbox (user_id, pts, kind, conversation_id, ref_id, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
-        let kind = EventKind::MessageCreated.code();
-        let mut delivered = Vec::with_capacity(members.len());
-        for &user in members {
-            let Some(pts) = self.next_pts(user)? else {
-                continue;
-            };
-            insert.execute(params![
-                user,
-                pts,
-                kind,
-                m.conversation_id.0,
-                m.id.0,
-                m.created_at_ms
-            ])?;
-            delivered.push((UserId(user), pts));
-        }
-        Ok(delivered)
+/// One inbox row per member, each at the member's next pts. Members without a counter (no
+/// `user_pts` row) get none, as in every other fanout.
+fn write_to_inboxes(
+    tx: &rusqlite::Connection,
+    counters: &mut Counters,
+    m: &Message,
+    members: &[i64],
+) -> rusqlite::Result<Vec<(UserId, i64)>> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO inbox (user_id, pts, kind, conversation_id, ref_id, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    let kind = EventKind::MessageCreated.code();
+    let mut delivered = Vec::with_capacity(members.len());
+    for &user in members {
+        let Some(pts) = counters.next(tx, user)? else {
+            continue;
+        };
+        insert.execute(params![
+            user,
+            pts,
+            kind,
+            m.conversation_id.0,
+            m.id.0,
+            m.created_at_ms
+        ])?;
+        delivered.push((UserId(user), pts));
     }
+    Ok(delivered)
+}
 
-    fn next_pts(&mut self, user: i64) -> rusqlite::Result<Option<i64>> {
-        let counter = match self.counters.entry(user) {
+impl Counters {
+    fn next(&mut self, tx: &rusqlite::Connection, user: i64) -> rusqlite::Result<Option<i64>> {
+        let pts = match self.0.entry(user) {
             std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::hash_map::Entry::Vacant(entry) => {
-                let pts = self
-                    .tx
-                    .prepare_cached("SELECT pts FROM user_pts WHERE user_id = ?1")?
+            std::collections::hash_map::Entry::Vacant(entry) => entry.insert(
+                tx.prepare_cached("SELECT pts FROM user_pts WHERE user_id = ?1")?
                     .query_row(params![user], |row| row.get::<_, i64>(0))
-                    .optional()?;
-                entry.insert(Counter { pts, moved: false })
-            }
+                    .optional()?,
+            ),
         };
-        let Some(pts) = counter.pts.as_mut() else {
-            return Ok(None);
-        };
-        *pts += 1;
-        counter.moved = true;
-        Ok(Some(*pts))
+        Ok(pts.as_mut().map(|pts| {
+            *pts += 1;
+            *pts
+        }))
     }
 
-    fn store_counters(&self) -> rusqlite::Result<()> {
-        let mut update = self
-            .tx
-            .prepare_cached("UPDATE user_pts SET pts = ?2 WHERE user_id = ?1")?;
-        for (user, counter) in &self.counters {
-            if let (true, Some(pts)) = (counter.moved, counter.pts) {
+    fn store(&self, tx: &rusqlite::Connection) -> rusqlite::Result<()> {
+        let mut update = tx.prepare_cached("UPDATE user_pts SET pts = ?2 WHERE user_id = ?1")?;
+        for (user, pts) in &self.0 {
+            if let Some(pts) = pts {
                 update.execute(params![user, pts])?;
             }
         }
